@@ -1,0 +1,4 @@
+"""Networks."""
+from rtjax.models.mlp import MLPRegressor
+
+__all__ = ["MLPRegressor"]
