@@ -107,7 +107,7 @@ def test_experiment_end_to_end(tmp_path):
   own = coordinate_dataset("torus", 5, num_points=260)
   np.savez(npz, data=own.x, label=own.y)
   report = experiment.main(["--datasets", "torus", "--seeds", "2", "--epochs", "200", "--sweep",
-                            "--sweep-lams", "1,10", "--sweep-gammas", "0.1", "--sweep-seeds", "1",
+                            "--sweep-lams", "1,10", "--sweep-gammas", "0.1", "--sweep-extra", "1000:0.1", "--sweep-seeds", "1",
                             "--sweep-epochs", "100", "--data", str(npz), "--out", str(tmp_path / "out"),
                             "--no-progress"])
   saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -115,7 +115,8 @@ def test_experiment_end_to_end(tmp_path):
   for summary in saved["results"]["torus"].values():
     assert len(summary["test_mse"]) == 2 and np.isfinite(summary["mean"])
   assert saved["settings"]["torus"]["source"] == "sweep" and "own.npz" in saved["settings"]["torus"]["data"]
-  assert saved["settings"]["torus"]["lam"] in (1.0, 10.0)
+  assert saved["settings"]["torus"]["lam"] in (1.0, 10.0, 1000.0)
+  assert [(r["lam"], r["gamma"]) for r in saved["sweeps"]["torus"]["rows"]] == [(1, 0.1), (10, 0.1), (1000, 0.1)]
   md = (tmp_path / "out" / "results.md").read_text()
   assert "| Baseline |" in md and "3.01 ± 0.11" in md  # the paper's torus baseline beside ours
   png = (tmp_path / "out" / "features_torus.png").read_bytes()
@@ -129,3 +130,15 @@ def test_cli_errors(tmp_path):
     experiment.parse_args(["--datasets", "sphere"])
   with pytest.raises(SystemExit):
     experiment.parse_args(["--datasets", "torus,circle", "--data", str(tmp_path / "x.npz")])
+
+
+def test_merge_combines_runs(tmp_path):
+  from experiments import coordinate as experiment
+  common = ["--seeds", "1", "--epochs", "100", "--methods", "baseline", "--no-progress"]
+  experiment.main(["--datasets", "torus", "--out", str(tmp_path / "a")] + common)
+  experiment.main(["--datasets", "circle", "--out", str(tmp_path / "b")] + common)
+  merged = experiment.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+  assert set(merged["results"]) == {"torus", "circle"}
+  md = (tmp_path / "m" / "results.md").read_text()
+  assert "torus (ours)" in md and "circle (ours)" in md
+  assert (tmp_path / "m" / "features_circle.png").exists()
