@@ -118,16 +118,23 @@ def main(argv=None) -> dict:
 def merge(dirs, out: pathlib.Path) -> dict:
   """One report from several runs (e.g. datasets run in parallel processes); figures are copied."""
   reports = [json.loads((d / "results.json").read_text()) for d in dirs]
-  merged = dict(reports[0], settings={}, sweeps={}, results={},
+  trained = [r for r in reports if any(r["results"].values())] or reports  # sweep-only runs have no table
+  merged = dict(trained[0], settings={}, sweeps={}, results={},
                 total_wall_time_s=sum(r["total_wall_time_s"] for r in reports))
   for d, r in zip(dirs, reports):
-    if (r["protocol"], r["seeds"]) != (merged["protocol"], merged["seeds"]):
-      raise ValueError(f"{d}: protocol or seeds differ from {dirs[0]}; cannot merge.")
-    for key in ("settings", "sweeps", "results"):
-      merged[key].update(r[key])
+    if any(r["results"].values()) and (r["protocol"], r["seeds"]) != (merged["protocol"], merged["seeds"]):
+      raise ValueError(f"{d}: protocol or seeds differ from the other runs; cannot merge.")
+    merged["sweeps"].update(r["sweeps"])
+    merged["results"].update({k: v for k, v in r["results"].items() if v})
+    merged["settings"].update({k: v for k, v in r["settings"].items()
+                               if r["results"].get(k) or k not in merged["settings"]})
     for png in d.glob("features_*.png"):
       if png.parent.resolve() != out.resolve():
         shutil.copy(png, out / png.name)
+  for name, sw in merged["sweeps"].items():  # where no L_ot row ran, report the sweep's choice
+    if not any("ot" in m for m in merged["results"].get(name, {})):
+      merged["settings"].setdefault(name, {"data": "generated"}).update(
+          lam=sw["chosen"]["lam"], gamma=sw["chosen"]["gamma"], source="sweep (no L_ot row run yet)")
   (out / "results.json").write_text(json.dumps(merged, indent=1))
   (out / "results.md").write_text(_markdown(merged))
   print(f"merged {len(dirs)} runs into {out}")
@@ -153,7 +160,8 @@ def _markdown(report: dict) -> str:
   lines += [f"| {d} | {s['lam']:g} | {s['gamma']:g} | {s['source']} | {s['data']} |"
             for d, s in report["settings"].items()]
   for d, sw in report["sweeps"].items():
-    lines += ["", f"Validation sweep on {d} (+L_ot, {len(sw['seeds'])} seeds): mean best validation MSE", "",
+    lines += ["", f"Validation sweep on {d} (+L_ot, {len(sw['seeds'])} seeds, {sw['epochs']} epochs): "
+              "mean best validation MSE", "",
               "| lam | gamma | val MSE | steps with unconverged OT (per seed) | NaN steps |", "|---|---|---|---|---|"]
     lines += [f"| {r['lam']:g} | {r['gamma']:g} | {r['val_mse_mean']:.4g} | {r['ot_unconverged_steps']} | "
               f"{r['nonfinite_steps']} |" for r in sw["rows"]]

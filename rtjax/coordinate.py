@@ -29,10 +29,10 @@ PAPER_TABLE3 = {
 # lam, gamma chosen on the validation split by `python -m experiments.coordinate --full --sweep`
 # (experiments/results/coordinate/results.json holds the sweep).
 TUNED = {
-    "torus": {"lam": 1.0, "gamma": 0.1},
-    "circle": {"lam": 1.0, "gamma": 0.1},
-    "swiss_roll": {"lam": 1.0, "gamma": 0.1},
-    "mammoth": {"lam": 1.0, "gamma": 0.1},
+    "torus": {"lam": 100.0, "gamma": 0.01},
+    "circle": {"lam": 100.0, "gamma": 0.01},
+    "swiss_roll": {"lam": 100.0, "gamma": 0.01},
+    "mammoth": {"lam": 100.0, "gamma": 0.05},
 }
 METHODS = ("baseline", "mt", "ot", "mt+ot")
 METHOD_LABELS = {"baseline": "Baseline", "mt": "+ MT", "ot": "+ L_ot", "mt+ot": "+ MT + L_ot"}
@@ -90,7 +90,7 @@ def sweep(data: CoordinateData, method: str, seeds, grid, *, protocol: Protocol 
                  else float("inf"), "val_mse": val.tolist(), "nonfinite_steps": summary["nonfinite_steps"],
                  "ot_unconverged_steps": summary["ot_unconverged_steps"], "wall_time_s": summary["wall_time_s"]})
   best = min(rows, key=lambda r: r["val_mse_mean"])
-  return {"method": method, "seeds": [int(s) for s in seeds], "rows": rows,
+  return {"method": method, "seeds": [int(s) for s in seeds], "epochs": protocol.epochs, "rows": rows,
           "chosen": {"lam": best["lam"], "gamma": best["gamma"]}}
 
 
