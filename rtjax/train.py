@@ -119,7 +119,7 @@ def fit_seeds(model: nn.Module, loss_fn: Callable, optimizer: optax.GradientTran
   with tqdm(total=epochs, desc=description, unit="epoch", disable=not progress, leave=False) as bar:
     for _ in range(epochs // eval_every):
       carry, val_mse = run_chunk(carry)
-      history.append(val_mse)
+      history.append(jax.block_until_ready(val_mse))  # dispatch is async: wait, or the bar would lie
       bar.update(eval_every)
   _, best_params, best_val, best_epoch, _, bad, unconverged = carry
   return FitResult(best_params, best_val, best_epoch, jnp.stack(history, axis=1), bad, unconverged)
