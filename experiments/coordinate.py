@@ -143,7 +143,7 @@ def merge(dirs, out: pathlib.Path) -> dict:
 
 
 def _figure(path, name, fits, methods) -> None:
-  """Feature manifolds of seed 0 on the test split: baseline and each L_ot method vs the targets."""
+  """Feature manifolds of seed 0 on the test split, one panel per method, beside the target space."""
   panels, targets = {}, None
   for method in methods:
     fit, model, data = fits[(name, method)]
