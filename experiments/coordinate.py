@@ -9,6 +9,7 @@ Writes OUT/results.json, OUT/results.md and OUT/features_<dataset>.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -17,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from rtjax import coordinate
+from rtjax import SolverOptions, coordinate
+from rtjax.train import RotConfig
 from rtjax.data import DATASETS, coordinate_dataset, load_npz, split
 
 DEFAULT_DATASETS = ("circle",)
@@ -108,6 +110,7 @@ def main(argv=None) -> dict:
       _figure(args.out / f"features_{name}.png", name, fits, args.methods)
 
   report = {"protocol": vars(protocol), "seeds": args.seeds, "settings": settings, "sweeps": sweeps,
+            "ot_solver": dict(dataclasses.asdict(SolverOptions()), warm_start=RotConfig().warm_start),
             "results": results, "paper_table3": coordinate.PAPER_TABLE3,
             "total_wall_time_s": time.perf_counter() - start}
   (args.out / "results.json").write_text(json.dumps(report, indent=1))
@@ -126,7 +129,8 @@ def merge(dirs, out: pathlib.Path) -> dict:
     if any(r["results"].values()) and (r["protocol"], r["seeds"]) != (merged["protocol"], merged["seeds"]):
       raise ValueError(f"{d}: protocol or seeds differ from the other runs; cannot merge.")
     merged["sweeps"].update(r["sweeps"])
-    merged["results"].update({k: v for k, v in r["results"].items() if v})
+    for name, rows in r["results"].items():  # later runs replace single methods, not whole datasets
+      merged["results"].setdefault(name, {}).update(rows)
     merged["settings"].update({k: v for k, v in r["settings"].items()
                                if r["results"].get(k) or k not in merged["settings"]})
     for png in d.glob("features_*.png"):

@@ -10,17 +10,20 @@ exp(-999 / epsilon) underflows to 0). `diagonal_cost=float("inf")` excludes the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.sparse.linalg as sparse_linalg
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
 
 from rtjax import _checks
 
-Differentiation = Literal["unrolled", "implicit"]
+Differentiation = Literal["symmetric-implicit", "unrolled", "implicit"]
+DIFFERENTIATION_MODES = ("symmetric-implicit", "unrolled", "implicit")
 
 # The published code's diagonal cost.
 DEFAULT_DIAGONAL_COST = 999.0
@@ -39,22 +42,35 @@ class SolverOptions:
       max_iterations` runs exactly that many iterations (the published code's fixed 1000 in float32).
     inner_iterations: iterations between two stopping tests.
     lse_mode: log-domain updates (stable for small epsilon); False uses kernel (Sinkhorn-Knopp) mode.
-    differentiation: "unrolled" backpropagates through the iterations (ott-jax's while-loop path, as
-      the published code does with autograd through POT); it cannot abort a run. "implicit" uses
-      ott-jax's implicit differentiation (a lineax CG solve): cheaper backward pass, but lineax raises
-      inside jit when its solve returns non-finite values, which kills a training run.
+    differentiation: "symmetric-implicit" (default) differentiates the optimality conditions of the
+      symmetric problem (rtjax's own backward pass, see `_symmetric_implicit_plan`): a CG solve with
+      the positive-definite matrix diag(T 1) + T that never raises, costs a few matrix-vector products,
+      and does not depend on how many iterations the forward solve took — so warm starts (`init`) keep
+      their full speed-up. It needs a symmetric cost (self-transport costs are). "unrolled"
+      backpropagates through the iterations (ott-jax's while-loop path, as the published code does with
+      autograd through POT): exact for the computed iterates, but its cost grows with the iterations and
+      a warm start makes its gradient inaccurate. "implicit" is ott-jax's implicit differentiation (a
+      lineax solve), which raises inside jit when that solve returns non-finite values (DESIGN §3).
+    linear_solve_tolerance: relative residual at which the CG solve of "symmetric-implicit" stops.
+    linear_solve_max_iterations: cap on its CG iterations.
   """
   threshold: float = 1e-4
   max_iterations: int = 2000
   min_iterations: int = 0
   inner_iterations: int = 10
   lse_mode: bool = True
-  differentiation: Differentiation = "unrolled"
+  differentiation: Differentiation = "symmetric-implicit"
+  linear_solve_tolerance: float = 1e-6
+  linear_solve_max_iterations: int = 500
 
   def __post_init__(self):
-    if self.differentiation not in ("unrolled", "implicit"):
+    if self.differentiation not in DIFFERENTIATION_MODES:
       raise ValueError(
-          f"`differentiation` must be 'unrolled' or 'implicit', got {self.differentiation!r}.")
+          f"`differentiation` must be one of {DIFFERENTIATION_MODES}, got {self.differentiation!r}.")
+    if not self.linear_solve_tolerance > 0 or self.linear_solve_max_iterations < 1:
+      raise ValueError(
+          "`linear_solve_tolerance` must be > 0 and `linear_solve_max_iterations` >= 1, got "
+          f"{self.linear_solve_tolerance} and {self.linear_solve_max_iterations}.")
     if not self.threshold >= 0:
       raise ValueError(f"`threshold` must be >= 0, got {self.threshold}.")
     if self.inner_iterations < 1:
@@ -73,7 +89,7 @@ class SolverOptions:
     return dataclasses.replace(self, **overrides)
 
   def sinkhorn(self) -> sinkhorn.Sinkhorn:
-    """The ott-jax solver for these settings."""
+    """The ott-jax solver for these settings ("symmetric-implicit" solves without differentiating)."""
     fixed = self.min_iterations == self.max_iterations
     if self.differentiation == "implicit":
       return sinkhorn.Sinkhorn(
@@ -106,12 +122,15 @@ class SelfTransport(NamedTuple):
     iterations: [] int, Sinkhorn iterations run.
     marginal_error: [] the larger L1 error of the plan's two marginals.
     finite: [] bool, every entry of the plan is finite.
+    potential: [n] symmetric dual potential f (plan_ij = exp((f_i + f_j - C_ij) / epsilon) at the
+      optimum); pass it as `init` of the next solve on a nearby cost to warm-start.
   """
   plan: jax.Array
   converged: jax.Array
   iterations: jax.Array
   marginal_error: jax.Array
   finite: jax.Array
+  potential: jax.Array
 
 
 def mask_diagonal(cost: jax.Array, diagonal_cost: float) -> jax.Array:
@@ -129,6 +148,7 @@ def self_transport(
     *,
     epsilon: float,
     diagonal_cost: float = DEFAULT_DIAGONAL_COST,
+    init: jax.Array | None = None,
     solver: SolverOptions | None = None,
     **solver_overrides,
 ) -> SelfTransport:
@@ -143,6 +163,9 @@ def self_transport(
     epsilon: entropic regularisation gamma > 0 (absolute).
     diagonal_cost: cost put on the diagonal; 999 as in the published code, `float("inf")` for an
       exact exclusion.
+    init: optional [n] potential to start from (e.g. the `potential` of the previous training step's
+      solve); None starts from zero. It changes the iterations needed, not the solution, and gets no
+      gradient.
     solver: `SolverOptions`; keyword `solver_overrides` (e.g. `threshold=1e-6`,
       `differentiation="implicit"`) replace single fields.
 
@@ -163,10 +186,70 @@ def self_transport(
   cost = jnp.asarray(cost)
   if cost.dtype in (jnp.bfloat16, jnp.float16):  # the solver needs at least float32 precision
     cost = cost.astype(jnp.float32)
-  geom = geometry.Geometry(cost_matrix=mask_diagonal(cost, diagonal_cost), epsilon=epsilon)
-  out = options.sinkhorn()(linear_problem.LinearProblem(geom))
-  plan = out.matrix
-  return SelfTransport(plan=plan, **_diagnostics(jax.lax.stop_gradient(plan), out.n_iters, options))
+  if init is not None and jnp.shape(init) != (n,):
+    raise ValueError(f"`init` must be a potential of shape ({n},), got {_checks.shape_of(init)}.")
+
+  masked = mask_diagonal(cost, diagonal_cost)
+  own_backward = options.differentiation == "symmetric-implicit"
+  geom = geometry.Geometry(
+      cost_matrix=jax.lax.stop_gradient(masked) if own_backward else masked, epsilon=epsilon)
+  if init is not None:
+    init = jax.lax.stop_gradient(jnp.asarray(init, cost.dtype))
+    init = (init, init)
+  out = options.sinkhorn()(linear_problem.LinearProblem(geom), init=init)
+  if own_backward:
+    plan = _symmetric_implicit_plan(
+        masked, jnp.asarray(epsilon, cost.dtype), out.f, out.g,
+        options.linear_solve_tolerance, options.linear_solve_max_iterations)
+  else:
+    plan = out.matrix
+  potential = jax.lax.stop_gradient(0.5 * (out.f + out.g))
+  return SelfTransport(plan=plan, potential=potential,
+                       **_diagnostics(jax.lax.stop_gradient(plan), out.n_iters, options))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _symmetric_implicit_plan(cost, epsilon, f, g, tolerance, max_iterations):
+  """Plan exp((f_i + g_j - C_ij) / eps) of converged potentials, differentiated implicitly.
+
+  For a symmetric cost the optimal potentials are symmetric, f = g, and the plan T_ij =
+  exp((f_i + f_j - C_ij) / eps) satisfies T 1 = p. Differentiating that condition gives
+  H df = rowsum(T * dC) with H = diag(T 1) + T, which is symmetric positive definite
+  (x^T H x = sum_{i<j} T_ij (x_i + x_j)^2 > 0 when the support of T is not bipartite, as a dense
+  entropic plan of n >= 3 points never is), so CG solves it; for n = 2 the one unsolvable direction
+  does not reach the plan. The cotangent of a plan cotangent G (S = G + G^T) is then
+      C_bar = (v_i + v_j) T_ij / 2 - S_ij T_ij / (2 eps),   H v = rowsum(S * T) / eps,
+  symmetrised (only symmetric cost perturbations are meaningful). T depends on C / eps only, so
+  eps_bar = -sum_ij C_bar_ij C_ij / eps. f, g receive no cotangent.
+  """
+  del tolerance, max_iterations
+  return _plan_from_potentials(cost, epsilon, f, g)
+
+
+def _plan_from_potentials(cost, epsilon, f, g):
+  return jnp.exp((f[:, None] + g[None, :] - cost) / epsilon)
+
+
+def _symmetric_implicit_fwd(cost, epsilon, f, g, tolerance, max_iterations):
+  plan = _plan_from_potentials(cost, epsilon, f, g)
+  return plan, (cost, epsilon, plan)
+
+
+def _symmetric_implicit_bwd(tolerance, max_iterations, residuals, plan_bar):
+  cost, epsilon, plan = residuals
+  plan = 0.5 * (plan + plan.T)  # the iterate's tiny asymmetry is not part of the solution
+  s = plan_bar + plan_bar.T
+  rhs = jnp.sum(s * plan, axis=1) / epsilon
+  row_mass = jnp.sum(plan, axis=1)
+  v, _ = sparse_linalg.cg(lambda x: row_mass * x + plan @ x, rhs, tol=tolerance,
+                          maxiter=max_iterations)
+  cost_bar = 0.5 * (v[:, None] + v[None, :]) * plan - 0.5 * s * plan / epsilon
+  # An infinite (excluded) diagonal has a zero cotangent; 0 * inf must not become NaN.
+  epsilon_bar = -jnp.sum(jnp.where(cost_bar == 0, 0.0, cost_bar * cost)) / epsilon
+  return cost_bar, epsilon_bar, jnp.zeros_like(plan[0]), jnp.zeros_like(plan[0])
+
+
+_symmetric_implicit_plan.defvjp(_symmetric_implicit_fwd, _symmetric_implicit_bwd)
 
 
 def _diagnostics(plan: jax.Array, iterations: jax.Array, options: SolverOptions) -> dict:

@@ -16,47 +16,80 @@ import optax
 from tqdm.auto import tqdm
 
 from rtjax.heads import mt_loss, mt_predict
-from rtjax.rot import rot_loss_with_diagnostics
+from rtjax.ot import resolve_solver
+from rtjax.rot import RotPotentials, rot_loss_with_diagnostics
 
 Batch = tuple[jax.Array, jax.Array]  # (x [n, D], y [n, k])
 
 
 @dataclasses.dataclass(frozen=True)
 class RotConfig:
-  """ROT-Reg in a training loss: L = L_task + lam * L_ot(features, targets; epsilon). lam = 0: off."""
+  """ROT-Reg in a training loss: L = L_task + lam * L_ot(features, targets; epsilon). lam = 0: off.
+
+  warm_start: start each step's Sinkhorn solves from the previous step's potentials (carried in
+  `TrainState.ot_potentials`). Only meaningful when the batch keeps its samples in the same order
+  (full-batch training); ignored with "unrolled" differentiation, whose gradient it would spoil.
+  """
   lam: float = 0.0
   epsilon: float = 0.1
   solver_options: dict = dataclasses.field(default_factory=dict)
+  warm_start: bool = True
+
+  def warm_starts(self) -> bool:
+    return self.warm_start and resolve_solver(None, self.solver_options).differentiation != "unrolled"
 
 
 class TrainState(NamedTuple):
   params: Any
   opt_state: Any
+  ot_potentials: RotPotentials | None = None  # warm start of the next step's ROT solves
 
 
 def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str = "mse") -> Callable:
-  """(params, batch) -> (loss, metrics) for a model returning (pred [n, M, k], features [n, d])."""
-  def loss_fn(params, batch: Batch):
+  """(params, batch, ot_init=None) -> (loss, metrics) for a model returning (pred [n, M, k], features [n, d]).
+
+  With ROT on, metrics hold "rot", "ot_converged", "ot_iterations" and "ot_potentials" (the
+  `RotPotentials` to pass as `ot_init` next step; None when warm starts are off).
+  """
+  warm = rot.warm_starts()
+
+  def loss_fn(params, batch: Batch, ot_init: RotPotentials | None = None):
     x, y = batch
     pred, features = model.apply(params, x)
     task = mt_loss(pred, y, loss=task_loss)
     metrics = {"task": task}
     if rot.lam == 0:
       return task, metrics
-    reg, info = rot_loss_with_diagnostics(features, y, epsilon=rot.epsilon, **rot.solver_options)
-    metrics.update(rot=reg, ot_converged=info.converged,
-                   ot_iterations=info.feature_transport.iterations)
+    reg, info = rot_loss_with_diagnostics(features, y, epsilon=rot.epsilon, init=ot_init if warm else None,
+                                          **rot.solver_options)
+    metrics.update(rot=reg, ot_converged=info.converged, ot_iterations=info.feature_transport.iterations,
+                   ot_potentials=info.potentials if warm else None)
     return task + rot.lam * reg, metrics
   return loss_fn
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-  """(state, batch) -> (state, metrics): one optax step on loss_fn. Jit it at the call site."""
+  """(state, batch) -> (state, metrics): one optax step on loss_fn. Jit it at the call site.
+
+  The step carries the ROT potentials from one step to the next (`TrainState.ot_potentials`); start
+  from `init_train_state` so that the state has the same structure before and after a step.
+  """
   def step(state: TrainState, batch: Batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, state.ot_potentials)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state), dict(metrics, loss=loss)
+    potentials = metrics.pop("ot_potentials", None)
+    return (TrainState(optax.apply_updates(state.params, updates), opt_state, potentials),
+            dict(metrics, loss=loss))
   return step
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, loss_fn: Callable,
+                     batch: Batch) -> TrainState:
+  """Initial state: optimizer state and cold-start (zero) ROT potentials shaped as loss_fn returns them."""
+  _, metrics = jax.eval_shape(loss_fn, params, batch)
+  potentials = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metrics.get("ot_potentials"))
+  return TrainState(params, optimizer.init(params), potentials)
 
 
 def prediction_mse(model: nn.Module, params, batch: Batch) -> jax.Array:
@@ -92,8 +125,7 @@ def fit_seeds(model: nn.Module, loss_fn: Callable, optimizer: optax.GradientTran
   step = make_train_step(loss_fn, optimizer)
 
   def init(seed):
-    params = model.init(jax.random.PRNGKey(seed), train[0])
-    return TrainState(params, optimizer.init(params))
+    return init_train_state(model.init(jax.random.PRNGKey(seed), train[0]), optimizer, loss_fn, train)
 
   def chunk(carry):
     state, best_params, best_val, best_epoch, epoch, bad, unconverged = carry

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import optax
 
 from rtjax.models import MLPRegressor
-from rtjax.train import RotConfig, TrainState, make_loss_fn, make_train_step
+from rtjax.train import RotConfig, init_train_state, make_loss_fn, make_train_step
 
 
 def test_train_step_single_trace_and_progress():
@@ -14,8 +14,10 @@ def test_train_step_single_trace_and_progress():
   y = x[:, :3] * 2.0
   params = model.init(jax.random.PRNGKey(1), x)
   optimizer = optax.adam(1e-2)
-  state = TrainState(params, optimizer.init(params))
-  step = jax.jit(chex.assert_max_traces(make_train_step(make_loss_fn(model, RotConfig(lam=1.0)), optimizer), n=1))
+  loss_fn = make_loss_fn(model, RotConfig(lam=1.0))
+  state = init_train_state(params, optimizer, loss_fn, (x, y))
+  assert state.ot_potentials.feature.shape == (32,) and not bool(jnp.any(state.ot_potentials.feature))
+  step = jax.jit(chex.assert_max_traces(make_train_step(loss_fn, optimizer), n=1))
   losses = []
   for _ in range(30):
     state, metrics = step(state, (x, y))
@@ -23,6 +25,13 @@ def test_train_step_single_trace_and_progress():
   assert losses[-1] < 0.5 * losses[0]
   assert set(metrics) >= {"loss", "task", "rot", "ot_converged", "ot_iterations"}
   assert bool(jnp.isfinite(metrics["rot"])) and int(metrics["ot_iterations"]) > 0
+  assert bool(jnp.any(state.ot_potentials.feature != 0))  # the last solve's potentials are carried
+
+
+def test_warm_start_is_off_for_unrolled_differentiation():
+  assert RotConfig(lam=1.0).warm_starts()
+  assert not RotConfig(lam=1.0, warm_start=False).warm_starts()
+  assert not RotConfig(lam=1.0, solver_options=dict(differentiation="unrolled")).warm_starts()
 
 
 def test_without_regulariser_the_loss_is_the_task_loss():
