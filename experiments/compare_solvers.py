@@ -1,0 +1,236 @@
+"""Solver comparison on ROT's masked self-transport problems: accuracy of plan, loss and gradient,
+iterations, time and failures of ott-jax / rtjax / POT configurations (see rtjax.compare).
+
+    python -m experiments.compare_solvers --quick     # n = 50, eps 0.1 and 0.01, float32: < 2 min on CPU
+    python -m experiments.compare_solvers             # n in 50, 200, 1000; eps 1 ... 0.001; float32, float64
+
+Writes OUT/results.json (one record per row), OUT/results.md (summary, first failures) and
+OUT/pareto.png (gradient error vs time, one panel per epsilon).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+import rtjax
+from rtjax import benchmark, compare
+
+EPSILONS = (1.0, 0.1, 0.05, 0.01, 0.001)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="n = 50, eps 0.1 and 0.01, two kinds, float32")
+  p.add_argument("--n", default="50,200,1000", help="comma list of problem sizes")
+  p.add_argument("--epsilons", default=",".join(map(str, EPSILONS)))
+  p.add_argument("--kinds", default=",".join(compare.PROBLEM_KINDS))
+  p.add_argument("--dtypes", default="float32,float64")
+  p.add_argument("--thresholds", default=",".join(f"{t:g}" for t in compare.THRESHOLDS))
+  p.add_argument("--repeats", type=int, default=3, help="timed calls per row (median)")
+  p.add_argument("--fd-check-n", type=int, default=50, help="check the reference gradient by finite "
+                 "differences at this n (0: skip)")
+  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("experiments/results/compare_solvers"))
+  args = p.parse_args(argv)
+  if args.quick:
+    args.n, args.epsilons, args.kinds, args.dtypes = "50", "0.1,0.01", "features,targets-1d", "float32"
+    args.thresholds, args.fd_check_n = "1e-3,1e-6", 0
+  try:
+    args.n = [int(v) for v in args.n.split(",") if v]
+    args.epsilons = [float(v) for v in args.epsilons.split(",") if v]
+    args.thresholds = [float(v) for v in args.thresholds.split(",") if v]
+  except ValueError as e:
+    p.error(str(e))
+  args.kinds = [k for k in args.kinds.split(",") if k]
+  args.dtypes = [d for d in args.dtypes.split(",") if d]
+  for k in args.kinds:
+    if k not in compare.PROBLEM_KINDS:
+      p.error(f"unknown kind {k!r}; choose from {compare.PROBLEM_KINDS}")
+  for d in args.dtypes:
+    if d not in ("float32", "float64"):
+      p.error(f"unknown dtype {d!r}; choose float32 or float64")
+  if any(n < 3 for n in args.n) or any(e <= 0 for e in args.epsilons):
+    p.error("--n must be >= 3 and --epsilons > 0")
+  return args
+
+
+def reference_checks(n: int, epsilons) -> list[dict]:
+  """The reference gradient (implicit, dense solve) against finite differences on small problems."""
+  out = []
+  for eps in epsilons:
+    points = compare.problem_points("features", n, seed=0)[:, :4]  # d = 4 keeps FD at 8 n solves
+    ref = compare.reference(points, eps)
+    fd = compare.finite_difference_grad(points, eps)
+    out.append({"n": n, "d": 4, "epsilon": eps, "reference_marginal_error": ref.marginal_error,
+                "implicit_vs_fd_rel": float(np.linalg.norm(ref.grad - fd) / np.linalg.norm(fd))})
+  return out
+
+
+def run(args) -> dict:
+  logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)  # lineax failures are rows
+  solvers_ = compare.solvers(args.thresholds)
+  problems = [(n, eps, kind) for n in args.n for eps in args.epsilons for kind in args.kinds]
+  rows, references = [], []
+  bar = tqdm(total=len(problems) * len(args.dtypes) * len(solvers_), disable=args.no_progress,
+             desc="solver rows", leave=False)
+  for n, eps, kind in problems:
+    points = compare.problem_points(kind, n, seed=0)
+    start = time.perf_counter()
+    ref = compare.reference(points, eps)
+    references.append({"n": n, "epsilon": eps, "kind": kind, "marginal_error": ref.marginal_error,
+                       "iterations": ref.iterations, "time_s": time.perf_counter() - start})
+    for dtype in args.dtypes:
+      for solver in solvers_:
+        row = compare.measure(solver, points, eps, ref, dtype=np.dtype(dtype), repeats=args.repeats)
+        rows.append(dict(row, kind=kind))
+        bar.update()
+  bar.close()
+  checks = reference_checks(args.fd_check_n, [0.1, 0.01]) if args.fd_check_n else []
+  return {"device": benchmark.device_name(), "rows": rows, "references": references,
+          "reference_checks": checks, "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
+          "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+
+
+def _versions() -> dict:
+  import ot
+  import ott
+  out = {"python": platform.python_version(), "jax": jax.__version__, "ott-jax": ott.__version__,
+         "pot": ot.__version__, "rtjax": rtjax.__version__}
+  try:
+    import torch
+    out["torch"] = torch.__version__
+  except ImportError:
+    out["torch"] = None
+  return out
+
+
+def failed(row: dict) -> bool:
+  """Raised, produced NaN/inf, or missed its own stopping threshold."""
+  return bool(row["error"]) or row["nonfinite"] or not row["converged"]
+
+
+def first_failures(rows) -> dict:
+  """Per solver: the largest epsilon at which it first failed on some problem (eps decreasing)."""
+  out = {}
+  for solver in dict.fromkeys(r["solver"] for r in rows):
+    mine = [r for r in rows if r["solver"] == solver]
+    for eps in sorted({r["epsilon"] for r in mine}, reverse=True):
+      bad = [r for r in mine if r["epsilon"] == eps and failed(r)]
+      if bad:
+        kinds = sorted({("raised" if r["error"] else "NaN/inf" if r["nonfinite"] else "not converged")
+                        for r in bad})
+        out[solver] = {"epsilon": eps, "how": kinds, "problems": len(bad),
+                       "of": sum(r["epsilon"] == eps for r in mine)}
+        break
+    else:
+      out[solver] = None
+  return out
+
+
+def summary(rows) -> list[dict]:
+  """Per (epsilon, dtype, solver): medians over problems of the error fields and time."""
+  out = []
+  keys = dict.fromkeys((r["epsilon"], r["dtype"], r["solver"]) for r in rows)
+  for eps, dtype, solver in keys:
+    mine = [r for r in rows if (r["epsilon"], r["dtype"], r["solver"]) == (eps, dtype, solver)]
+    med = lambda k: _median([r.get(k) for r in mine])
+    out.append({"epsilon": eps, "dtype": dtype, "solver": solver, "family": mine[0]["family"],
+                "marginal_error": med("marginal_error"), "plan_error_l1": med("plan_error_l1"),
+                "loss_rel_error": med("loss_rel_error"), "grad_rel_error": med("grad_rel_error"),
+                "grad_cosine": med("grad_cosine"), "iterations": med("iterations"),
+                "time_ms": med("time_ms"), "failed": sum(failed(r) for r in mine), "rows": len(mine),
+                "raised": sum(bool(r["error"]) for r in mine), "nonfinite": sum(r["nonfinite"] for r in mine)})
+  return out
+
+
+def _median(values):
+  values = [v for v in values if v is not None and np.isfinite(v)]
+  return float(np.median(values)) if values else None
+
+
+def _fmt(v, spec=".1e") -> str:
+  return "–" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+  lines = [f"# OT solver comparison on masked self-transport ({report['device']})", "",
+           f"Versions: {report['versions']}.", "",
+           "Rows: medians over problems (kinds × n) per epsilon, dtype and solver. Errors are against a "
+           "float64 reference (symmetric Sinkhorn + Newton to 1e-12; gradient by the implicit function "
+           "theorem with a dense solve). `failed` = raised, NaN/inf, or missed its own threshold. "
+           "Gradients are of <C(x), T(C(x))> w.r.t. the points x.", ""]
+  if report["reference_checks"]:
+    lines += ["Reference gradient vs central finite differences: " + ", ".join(
+        f"n={c['n']} eps={c['epsilon']:g}: {c['implicit_vs_fd_rel']:.1e}" for c in report["reference_checks"]), ""]
+  lines += ["## First failure per solver (epsilon decreasing)", "", "| solver | first failing epsilon | how | problems |",
+            "|---|---|---|---|"]
+  for solver, f in first_failures(report["rows"]).items():
+    if f is None:
+      lines.append(f"| {solver} | none | | |")
+    else:
+      lines.append(f"| {solver} | {f['epsilon']:g} | {', '.join(f['how'])} | {f['problems']}/{f['of']} |")
+  lines += ["", "## Summary", "", "| eps | dtype | solver | marginal err | plan L1 err | loss rel err | "
+            "grad rel err | grad cos | iterations | time ms | failed/rows |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for s in summary(report["rows"]):
+    lines.append(f"| {s['epsilon']:g} | {s['dtype']} | {s['solver']} | {_fmt(s['marginal_error'])} | "
+                 f"{_fmt(s['plan_error_l1'])} | {_fmt(s['loss_rel_error'])} | {_fmt(s['grad_rel_error'])} | "
+                 f"{_fmt(s['grad_cosine'], '.4f')} | {_fmt(s['iterations'], '.0f')} | {_fmt(s['time_ms'], '.2f')} | "
+                 f"{s['failed']}/{s['rows']} |")
+  return "\n".join(lines) + "\n"
+
+
+def pareto_figure(report: dict, path: pathlib.Path) -> None:
+  """Gradient error vs time per solver family, one panel per epsilon (float32 rows; medians)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = [s for s in summary(report["rows"]) if s["grad_rel_error"] is not None and s["time_ms"]]
+  epsilons = sorted({s["epsilon"] for s in rows}, reverse=True)
+  if not epsilons:
+    return
+  families = sorted({s["family"] for s in rows})
+  colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
+  fig, axes = plt.subplots(1, len(epsilons), figsize=(4.2 * len(epsilons), 4), squeeze=False)
+  for ax, eps in zip(axes[0], epsilons):
+    mine = [s for s in rows if s["epsilon"] == eps]
+    for s in mine:
+      ax.scatter(s["time_ms"], max(s["grad_rel_error"], 1e-9), color=colors[s["family"]],
+                 marker="o" if s["dtype"] == "float32" else "s", alpha=0.8)
+    front, best = [], np.inf
+    for s in sorted(mine, key=lambda s: s["time_ms"]):
+      if s["grad_rel_error"] < best:
+        best = s["grad_rel_error"]
+        front.append((s["time_ms"], max(best, 1e-9)))
+    ax.step(*zip(*front), where="post", color="k", lw=0.8)
+    ax.set(xscale="log", yscale="log", title=f"eps = {eps:g}", xlabel="time (ms, median)")
+  axes[0][0].set_ylabel("gradient relative error (median)")
+  handles = [plt.Line2D([], [], color=colors[f], marker="o", ls="", label=f) for f in families]
+  handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=d) for m, d in (("o", "float32"), ("s", "float64"))]
+  fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+  fig.tight_layout(rect=(0, 0.12, 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  report = run(args)
+  args.out.mkdir(parents=True, exist_ok=True)
+  (args.out / "results.json").write_text(json.dumps(report, indent=1))
+  (args.out / "results.md").write_text(markdown(report))
+  pareto_figure(report, args.out / "pareto.png")
+  print(f"wrote {args.out}/results.json, results.md, pareto.png")
+  return report
+
+
+if __name__ == "__main__":
+  main()
