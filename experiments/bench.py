@@ -14,9 +14,7 @@ Writes OUT/results.json and OUT/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import platform
 import time
 
 import jax
@@ -152,20 +150,7 @@ def run(args) -> dict:
   dense = [dense_row(args.budget, c) for c in (128,)]
   return {"device": benchmark.device_name(), "epsilon": EPSILON, "rows": rows, "dense": dense,
           "reference": "float64 rtjax symmetric-implicit, threshold 1e-9",
-          "versions": _versions(), "published_available": use_torch, "date": time.strftime("%Y-%m-%d")}
-
-
-def _versions() -> dict:
-  import ott
-  out = {"python": platform.python_version(), "jax": jax.__version__, "ott-jax": ott.__version__,
-         "rtjax": rtjax.__version__}
-  try:
-    import ot
-    import torch
-    out.update(pot=ot.__version__, torch=torch.__version__)
-  except ImportError:
-    pass
-  return out
+          "versions": benchmark.library_versions(), "published_available": use_torch, "date": time.strftime("%Y-%m-%d")}
 
 
 def _fmt(value, spec: str) -> str:
@@ -203,9 +188,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   report = run(args)
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / "results.json").write_text(json.dumps(report, indent=1))
-  (args.out / "results.md").write_text(markdown(report))
+  benchmark.write_results(args.out, report, markdown(report))
   print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}")
   return report
 

@@ -10,17 +10,13 @@ OUT/pareto.png (gradient error vs time, one panel per epsilon).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pathlib
-import platform
 import time
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-import rtjax
 from rtjax import benchmark, compare
 
 EPSILONS = (1.0, 0.1, 0.05, 0.01, 0.001)
@@ -95,21 +91,8 @@ def run(args) -> dict:
   bar.close()
   checks = reference_checks(args.fd_check_n, [0.1, 0.01]) if args.fd_check_n else []
   return {"device": benchmark.device_name(), "rows": rows, "references": references,
-          "reference_checks": checks, "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
+          "reference_checks": checks, "versions": benchmark.library_versions(), "date": time.strftime("%Y-%m-%d"),
           "settings": {k: v for k, v in vars(args).items() if k != "out"}}
-
-
-def _versions() -> dict:
-  import ot
-  import ott
-  out = {"python": platform.python_version(), "jax": jax.__version__, "ott-jax": ott.__version__,
-         "pot": ot.__version__, "rtjax": rtjax.__version__}
-  try:
-    import torch
-    out["torch"] = torch.__version__
-  except ImportError:
-    out["torch"] = None
-  return out
 
 
 def failed(row: dict) -> bool:
@@ -224,9 +207,7 @@ def pareto_figure(report: dict, path: pathlib.Path) -> None:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   report = run(args)
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / "results.json").write_text(json.dumps(report, indent=1))
-  (args.out / "results.md").write_text(markdown(report))
+  benchmark.write_results(args.out, report, markdown(report))
   pareto_figure(report, args.out / "pareto.png")
   print(f"wrote {args.out}/results.json, results.md, pareto.png")
   return report

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from rtjax import SolverOptions, coordinate
-from rtjax.train import RotConfig
 from rtjax.data import DATASETS, coordinate_dataset, load_npz, split
+from rtjax.train import RotConfig
 
 DEFAULT_DATASETS = ("circle",)
 

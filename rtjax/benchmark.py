@@ -2,6 +2,9 @@
 synchronised repeats."""
 from __future__ import annotations
 
+import json
+import pathlib
+import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -45,3 +48,27 @@ def device_name() -> str:
     import os
     return f"cpu ({os.cpu_count()} cores)"
   return getattr(device, "device_kind", device.platform)
+
+
+def library_versions() -> dict:
+  """Versions of python, jax, ott-jax, rtjax and, where importable, POT and torch."""
+  import importlib
+
+  import ott
+
+  import rtjax
+  out = {"python": platform.python_version(), "jax": jax.__version__, "ott-jax": ott.__version__,
+         "rtjax": rtjax.__version__}
+  for name, module in (("pot", "ot"), ("torch", "torch")):
+    try:
+      out[name] = importlib.import_module(module).__version__
+    except ImportError:
+      out[name] = None
+  return out
+
+
+def write_results(out: pathlib.Path, report: dict, markdown: str) -> None:
+  """OUT/results.json (the report) and OUT/results.md."""
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(report, indent=1))
+  (out / "results.md").write_text(markdown)

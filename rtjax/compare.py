@@ -18,6 +18,7 @@ it on small problems.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -25,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PROBLEM_KINDS = ("features", "targets-1d", "targets-3d")
+from rtjax import published
+
+PROBLEM_KINDS = ("features", "targets-1d", "targets-3d", "trained")
 FEATURE_DIM = 16
 
 
@@ -33,9 +36,15 @@ def problem_points(kind: str, n: int, seed: int = 0) -> np.ndarray:
   """Points x [n, d] (float64) of a problem kind, normalised as `rot_loss` normalises them.
 
   features: Gaussian [n, 16] divided by the mean row norm (C_Z); targets-1d / targets-3d: uniform
-  [n, 1] / [n, 3] scaled so that the largest pairwise distance is 1 (C_Y).
+  [n, 1] / [n, 3] scaled so that the largest pairwise distance is 1 (C_Y); trained: the 100-D
+  encoder features (mean-norm normalised) of the coordinate-task MLP trained with L_ot (lambda 100,
+  gamma 0.01, 1,000 epochs, `seed` = its init seed) on the circle data, for the first n of its 3000
+  points (n <= 3000).
   """
   rng = np.random.default_rng(seed)
+  if kind == "trained":
+    x = _trained_circle_features(seed)[:n]
+    return x / np.linalg.norm(x, axis=1).mean()
   if kind == "features":
     x = rng.normal(size=(n, FEATURE_DIM))
     return x / np.linalg.norm(x, axis=1).mean()
@@ -43,6 +52,18 @@ def problem_points(kind: str, n: int, seed: int = 0) -> np.ndarray:
     x = rng.uniform(0.0, 10.0, size=(n, 1 if kind == "targets-1d" else 3))
     return x / _distances(x).max()
   raise ValueError(f"Unknown problem kind {kind!r}; choose from {PROBLEM_KINDS}.")
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_circle_features(seed: int) -> np.ndarray:
+  from rtjax import coordinate
+  from rtjax.data import coordinate_dataset
+
+  data = coordinate_dataset("circle", seed=0)
+  _, fit, model = coordinate.train_method(data, "ot", [seed], lam=100.0, epsilon=0.01,
+                                          protocol=coordinate.Protocol(epochs=1000), progress=False)
+  params = jax.tree_util.tree_map(lambda a: a[0], fit.best_params)
+  return coordinate.encoder_features(model, params, data.x).astype(np.float64)
 
 
 def _distances(x):
@@ -345,17 +366,9 @@ def solvers(thresholds=THRESHOLDS, *, include_torch: bool = True) -> list[Solver
       pot_solver("POT sinkhorn_knopp (published)", "sinkhorn", numItermax=1000, stopThr=1e-9),
       pot_solver("POT sinkhorn_log", "sinkhorn_log", numItermax=1000, stopThr=1e-9),
   ]
-  if include_torch and _torch_available():
+  if include_torch and published.available():
     out.append(pot_torch_solver("POT torch autograd (published)", numItermax=1000, stopThr=1e-9))
   return out
-
-
-def _torch_available() -> bool:
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    return False
-  return True
 
 
 def measure(solver: Solver, points: np.ndarray, epsilon: float, ref: Reference, *, dtype=np.float32,

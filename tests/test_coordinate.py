@@ -1,7 +1,6 @@
 """Coordinate-prediction data, loader, training program and the experiment entry point."""
 import json
 
-import jax
 import numpy as np
 import pytest
 
