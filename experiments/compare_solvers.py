@@ -86,11 +86,13 @@ def run(args) -> dict:
     for dtype in args.dtypes:
       for solver in solvers_:
         row = compare.measure(solver, points, eps, ref, dtype=np.dtype(dtype), repeats=args.repeats)
+        row.pop("settings")  # recorded once per solver below
         rows.append(dict(row, kind=kind))
         bar.update()
   bar.close()
   checks = reference_checks(args.fd_check_n, [0.1, 0.01]) if args.fd_check_n else []
   return {"device": benchmark.device_name(), "rows": rows, "references": references,
+          "solvers": {s.name: dict(s.settings, family=s.family) for s in solvers_},
           "reference_checks": checks, "versions": benchmark.library_versions(), "date": time.strftime("%Y-%m-%d"),
           "settings": {k: v for k, v in vars(args).items() if k != "out"}}
 
@@ -100,16 +102,25 @@ def failed(row: dict) -> bool:
   return bool(row["error"]) or row["nonfinite"] or not row["converged"]
 
 
-def first_failures(rows) -> dict:
-  """Per solver: the largest epsilon at which it first failed on some problem (eps decreasing)."""
+def failure_kind(row: dict) -> str:
+  """How a failed row failed; "broken plan" = marginal error >= 0.5 (e.g. an underflowed kernel)."""
+  if row["error"]:
+    return "raised"
+  if row["nonfinite"]:
+    return "NaN/inf"
+  return "broken plan" if row["marginal_error"] >= 0.5 else "not converged"
+
+
+def first_failures(rows, broken_only: bool = False) -> dict:
+  """Per solver: the largest epsilon at which it first failed (or broke) on some problem."""
   out = {}
+  bad_row = (lambda r: failed(r) and failure_kind(r) != "not converged") if broken_only else failed
   for solver in dict.fromkeys(r["solver"] for r in rows):
     mine = [r for r in rows if r["solver"] == solver]
     for eps in sorted({r["epsilon"] for r in mine}, reverse=True):
-      bad = [r for r in mine if r["epsilon"] == eps and failed(r)]
+      bad = [r for r in mine if r["epsilon"] == eps and bad_row(r)]
       if bad:
-        kinds = sorted({("raised" if r["error"] else "NaN/inf" if r["nonfinite"] else "not converged")
-                        for r in bad})
+        kinds = sorted({failure_kind(r) for r in bad})
         out[solver] = {"epsilon": eps, "how": kinds, "problems": len(bad),
                        "of": sum(r["epsilon"] == eps for r in mine)}
         break
@@ -130,7 +141,7 @@ def summary(rows) -> list[dict]:
                 "loss_rel_error": med("loss_rel_error"), "grad_rel_error": med("grad_rel_error"),
                 "grad_cosine": med("grad_cosine"), "iterations": med("iterations"),
                 "time_ms": med("time_ms"), "failed": sum(failed(r) for r in mine), "rows": len(mine),
-                "raised": sum(bool(r["error"]) for r in mine), "nonfinite": sum(r["nonfinite"] for r in mine)})
+                "broken": sum(failed(r) and failure_kind(r) != "not converged" for r in mine)})
   return out
 
 
@@ -148,25 +159,28 @@ def markdown(report: dict) -> str:
            f"Versions: {report['versions']}.", "",
            "Rows: medians over problems (kinds × n) per epsilon, dtype and solver. Errors are against a "
            "float64 reference (symmetric Sinkhorn + Newton to 1e-12; gradient by the implicit function "
-           "theorem with a dense solve). `failed` = raised, NaN/inf, or missed its own threshold. "
-           "Gradients are of <C(x), T(C(x))> w.r.t. the points x.", ""]
+           "theorem with a dense solve). `failed` = raised, NaN/inf, or missed its own threshold (POT's 1e-9 "
+           "is out of float32's reach: it always runs its 1000 iterations); `broken` = raised, NaN/inf, or "
+           "a plan with marginal error >= 0.5 (an underflowed kernel). Gradients are of <C(x), T(C(x))> "
+           "w.r.t. the points x. Solver settings: `solvers` in results.json.", ""]
   if report["reference_checks"]:
     lines += ["Reference gradient vs central finite differences: " + ", ".join(
         f"n={c['n']} eps={c['epsilon']:g}: {c['implicit_vs_fd_rel']:.1e}" for c in report["reference_checks"]), ""]
-  lines += ["## First failure per solver (epsilon decreasing)", "", "| solver | first failing epsilon | how | problems |",
-            "|---|---|---|---|"]
+  lines += ["## First failure per solver (epsilon decreasing)", "",
+            "| solver | first failing epsilon | how | problems | first broken epsilon | how | problems |",
+            "|---|---|---|---|---|---|---|"]
+  broken = first_failures(report["rows"], broken_only=True)
+  cell = lambda f: "none | |" if f is None else f"{f['epsilon']:g} | {', '.join(f['how'])} | {f['problems']}/{f['of']}"
   for solver, f in first_failures(report["rows"]).items():
-    if f is None:
-      lines.append(f"| {solver} | none | | |")
-    else:
-      lines.append(f"| {solver} | {f['epsilon']:g} | {', '.join(f['how'])} | {f['problems']}/{f['of']} |")
+    lines.append(f"| {solver} | {cell(f)} | {cell(broken[solver])} |")
   lines += ["", "## Summary", "", "| eps | dtype | solver | marginal err | plan L1 err | loss rel err | "
-            "grad rel err | grad cos | iterations | time ms | failed/rows |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "grad rel err | grad cos | iterations | time ms | failed/rows | broken/rows |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for s in summary(report["rows"]):
     lines.append(f"| {s['epsilon']:g} | {s['dtype']} | {s['solver']} | {_fmt(s['marginal_error'])} | "
                  f"{_fmt(s['plan_error_l1'])} | {_fmt(s['loss_rel_error'])} | {_fmt(s['grad_rel_error'])} | "
                  f"{_fmt(s['grad_cosine'], '.4f')} | {_fmt(s['iterations'], '.0f')} | {_fmt(s['time_ms'], '.2f')} | "
-                 f"{s['failed']}/{s['rows']} |")
+                 f"{s['failed']}/{s['rows']} | {s['broken']}/{s['rows']} |")
   return "\n".join(lines) + "\n"
 
 
@@ -182,6 +196,7 @@ def pareto_figure(report: dict, path: pathlib.Path) -> None:
     return
   families = sorted({s["family"] for s in rows})
   colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
+  colors.update({f: "k" for f in families if f.startswith("rtjax (default")})  # the default stands out
   fig, axes = plt.subplots(1, len(epsilons), figsize=(4.2 * len(epsilons), 4), squeeze=False)
   for ax, eps in zip(axes[0], epsilons):
     mine = [s for s in rows if s["epsilon"] == eps]
@@ -197,7 +212,7 @@ def pareto_figure(report: dict, path: pathlib.Path) -> None:
     ax.set(xscale="log", yscale="log", title=f"eps = {eps:g}", xlabel="time (ms, median)")
   axes[0][0].set_ylabel("gradient relative error (median)")
   handles = [plt.Line2D([], [], color=colors[f], marker="o", ls="", label=f) for f in families]
-  handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=d) for m, d in (("o", "float32"), ("s", "float64"))]
+  handles += [plt.Line2D([], [], color="k", mfc="none", marker=m, ls="", label=d) for m, d in (("o", "float32"), ("s", "float64"))]
   fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
   fig.tight_layout(rect=(0, 0.12, 1, 1))
   fig.savefig(path, dpi=110)
@@ -207,7 +222,7 @@ def pareto_figure(report: dict, path: pathlib.Path) -> None:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   report = run(args)
-  benchmark.write_results(args.out, report, markdown(report))
+  benchmark.write_results(args.out, report, markdown(report), indent=None)
   pareto_figure(report, args.out / "pareto.png")
   print(f"wrote {args.out}/results.json, results.md, pareto.png")
   return report

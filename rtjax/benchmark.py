@@ -67,8 +67,9 @@ def library_versions() -> dict:
   return out
 
 
-def write_results(out: pathlib.Path, report: dict, markdown: str) -> None:
-  """OUT/results.json (the report) and OUT/results.md."""
+def write_results(out: pathlib.Path, report: dict, markdown: str, indent: int | None = 1) -> None:
+  """OUT/results.json (the report; indent=None writes it compactly) and OUT/results.md."""
   out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(report, indent=1))
+  separators = (",", ":") if indent is None else None
+  (out / "results.json").write_text(json.dumps(report, indent=indent, separators=separators))
   (out / "results.md").write_text(markdown)
