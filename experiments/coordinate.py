@@ -129,6 +129,8 @@ def merge(dirs, out: pathlib.Path) -> dict:
     if any(r["results"].values()) and (r["protocol"], r["seeds"]) != (merged["protocol"], merged["seeds"]):
       raise ValueError(f"{d}: protocol or seeds differ from the other runs; cannot merge.")
     merged["sweeps"].update(r["sweeps"])
+    if "ot_solver" in r:
+      merged["ot_solver"] = r["ot_solver"]
     for name, rows in r["results"].items():  # later runs replace single methods, not whole datasets
       merged["results"].setdefault(name, {}).update(rows)
     merged["settings"].update({k: v for k, v in r["settings"].items()
@@ -170,7 +172,10 @@ def _markdown(report: dict) -> str:
               "| lam | gamma | val MSE | steps with unconverged OT (per seed) | NaN steps |", "|---|---|---|---|---|"]
     lines += [f"| {r['lam']:g} | {r['gamma']:g} | {r['val_mse_mean']:.4g} | {r['ot_unconverged_steps']} | "
               f"{r['nonfinite_steps']} |" for r in sw["rows"]]
-  lines += ["", f"Protocol: {report['protocol']}; total wall time {report['total_wall_time_s']:.0f} s."]
+  if "ot_solver" in report:
+    lines += ["", f"OT solver: {report['ot_solver']}."]
+  lines += ["", f"Protocol: {report['protocol']}; total wall time {report['total_wall_time_s']:.0f} s "
+            "(summed over merged runs, sweeps included)."]
   return "\n".join(lines) + "\n"
 
 

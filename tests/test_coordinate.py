@@ -141,3 +141,9 @@ def test_merge_combines_runs(tmp_path):
   md = (tmp_path / "m" / "results.md").read_text()
   assert "torus (ours)" in md and "circle (ours)" in md
   assert (tmp_path / "m" / "features_circle.png").exists()
+  assert "ot_solver" in merged and "OT solver:" in md
+  # A later run adds or replaces single methods of a dataset, it does not drop the others.
+  experiment.main(["--datasets", "circle", "--out", str(tmp_path / "c"), "--seeds", "1", "--epochs", "100",
+                   "--methods", "mt", "--no-progress"])
+  merged = experiment.main(["--merge", str(tmp_path / "m"), str(tmp_path / "c"), "--out", str(tmp_path / "n")])
+  assert set(merged["results"]["circle"]) == {"baseline", "mt"} and set(merged["results"]["torus"]) == {"baseline"}
