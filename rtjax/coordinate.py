@@ -139,7 +139,7 @@ def feature_figure(path, targets: np.ndarray, panels: dict[str, np.ndarray], tit
   import matplotlib.pyplot as plt
 
   colour = pca(targets, 1)[:, 0]
-  fig = plt.figure(figsize=(4 * (1 + len(panels)), 4))
+  fig = plt.figure(figsize=(4 * (1 + len(panels)), 4.4))
   for i, (name, pts) in enumerate([("target space", targets)] + list(panels.items())):
     ax = fig.add_subplot(1, 1 + len(panels), i + 1, projection="3d")
     p = pca(pts, 3) if name != "target space" else pts
@@ -148,6 +148,6 @@ def feature_figure(path, targets: np.ndarray, panels: dict[str, np.ndarray], tit
     ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 0.92 if title else 1))  # keep the panel titles clear of the suptitle
   fig.savefig(path, dpi=110)
   plt.close(fig)
