@@ -23,6 +23,7 @@ import numpy as np
 
 import rtjax
 from rtjax import benchmark, published
+from rtjax.compare import relative_error
 
 EPSILON = 0.1
 # name -> rot_loss keyword arguments; "warm" starts from the potentials of a nearby batch.
@@ -77,13 +78,6 @@ def reference_grad(z: np.ndarray, y: np.ndarray) -> np.ndarray:
                                                    threshold=1e-9, max_iterations=100_000,
                                                    linear_solve_tolerance=1e-10)))
     return np.asarray(fn(jnp.asarray(z, jnp.float64)))
-
-
-def relative_error(a, b) -> float | None:
-  if b is None:
-    return None
-  a = np.asarray(a, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def jax_row(z, y, config: dict, budget: float) -> tuple[dict, np.ndarray]:

@@ -3,6 +3,7 @@ synchronised repeats."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -45,7 +46,6 @@ def device_name() -> str:
   """e.g. 'cpu (2 cores)' or 'NVIDIA H200'."""
   device = jax.devices()[0]
   if device.platform == "cpu":
-    import os
     return f"cpu ({os.cpu_count()} cores)"
   return getattr(device, "device_kind", device.platform)
 

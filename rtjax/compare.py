@@ -166,15 +166,19 @@ def _symmetric_solve(cost, log_kernel_mask, f, eps, tol, max_iterations):
                             (f, jnp.asarray(0), jnp.asarray(jnp.inf, cost.dtype)))
 
 
+def _plan(cost: np.ndarray, f: np.ndarray, epsilon: float) -> np.ndarray:
+  """exp((f_i + f_j - C_ij) / eps) with a zero diagonal (float64)."""
+  log_plan = (f[:, None] + f[None, :] - cost) / epsilon
+  np.fill_diagonal(log_plan, -np.inf)
+  return np.exp(log_plan)
+
+
 def reference(points: np.ndarray, epsilon: float, *, tol: float = 1e-12) -> Reference:
   """The float64 `Reference` of the problem (points, epsilon)."""
   x = np.asarray(points, np.float64)
-  n = x.shape[0]
   cost = cost_matrix(x)
   f, iterations, err = symmetric_sinkhorn(cost, epsilon, tol=tol)
-  log_plan = (f[:, None] + f[None, :] - cost) / epsilon
-  np.fill_diagonal(log_plan, -np.inf)
-  plan = np.exp(log_plan)
+  plan = _plan(cost, f, epsilon)
   # d<C, T(C)>/dC = T + (implicit part with plan cotangent C); see rtjax.ot._symmetric_implicit_plan.
   s = 2.0 * cost
   rhs = (s * plan).sum(1) / epsilon
@@ -184,7 +188,6 @@ def reference(points: np.ndarray, epsilon: float, *, tol: float = 1e-12) -> Refe
   with jax.enable_x64(True):
     _, vjp = jax.vjp(lambda p: cost_matrix(p), jnp.asarray(x))
     (grad,) = vjp(jnp.asarray(cost_bar))
-  del n
   return Reference(plan, f, float((cost * plan).sum()), np.asarray(grad), err, iterations)
 
 
@@ -196,9 +199,7 @@ def finite_difference_grad(points: np.ndarray, epsilon: float, h: float = 1e-6) 
   def value(p):
     cost = cost_matrix(p)
     f, _, _ = symmetric_sinkhorn(cost, epsilon)
-    log_plan = (f[:, None] + f[None, :] - cost) / epsilon
-    np.fill_diagonal(log_plan, -np.inf)
-    return float((cost * np.exp(log_plan)).sum())
+    return float((cost * _plan(cost, f, epsilon)).sum())
 
   for idx in np.ndindex(x.shape):
     step = np.zeros_like(x)
@@ -221,6 +222,14 @@ def plan_errors(plan, ref: Reference, cost: np.ndarray) -> dict:
           "loss_rel_error": abs(loss - ref.loss) / abs(ref.loss), "nonfinite": not finite}
 
 
+def relative_error(a, b) -> float | None:
+  """|a - b| / |b| in float64 (None when there is no reference b)."""
+  if b is None:
+    return None
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 def grad_errors(grad, ref: Reference) -> dict:
   """Relative error and cosine of a gradient [n, d] against the reference (None when not available)."""
   if grad is None:
@@ -229,7 +238,7 @@ def grad_errors(grad, ref: Reference) -> dict:
   r = ref.grad
   if not np.all(np.isfinite(g)):
     return {"grad_rel_error": float("nan"), "grad_cosine": float("nan"), "nonfinite_grad": True}
-  return {"grad_rel_error": float(np.linalg.norm(g - r) / np.linalg.norm(r)),
+  return {"grad_rel_error": relative_error(g, r),
           "grad_cosine": float((g * r).sum() / (np.linalg.norm(g) * np.linalg.norm(r) + 1e-300))}
 
 
