@@ -10,6 +10,7 @@ OUT/pareto.png (gradient error vs time, one panel per epsilon).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import pathlib
 import time
@@ -34,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--fd-check-n", type=int, default=50, help="check the reference gradient by finite "
                  "differences at this n (0: skip)")
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--merge", nargs="+", type=pathlib.Path, metavar="DIR",
+                 help="merge the results of earlier runs (later DIRs win on repeated rows) into --out "
+                 "instead of running")
+  p.add_argument("--gzip", action="store_true", help="write results.json.gz (large grids to commit)")
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("experiments/results/compare_solvers"))
   args = p.parse_args(argv)
   if args.quick:
@@ -130,13 +135,16 @@ def first_failures(rows, broken_only: bool = False) -> dict:
 
 
 def summary(rows) -> list[dict]:
-  """Per (epsilon, dtype, solver): medians over problems of the error fields and time."""
+  """Per (n, epsilon, dtype, solver): medians over the problem kinds of the error fields and time."""
   out = []
-  keys = dict.fromkeys((r["epsilon"], r["dtype"], r["solver"]) for r in rows)
-  for eps, dtype, solver in keys:
-    mine = [r for r in rows if (r["epsilon"], r["dtype"], r["solver"]) == (eps, dtype, solver)]
+  key = lambda r: (r["n"], r["epsilon"], r["dtype"], r["solver"])
+  groups = {}
+  for r in rows:
+    groups.setdefault(key(r), []).append(r)
+  order = lambda item: (item[0][0], -item[0][1], item[0][2])  # n, eps decreasing, dtype; solvers as run
+  for (n, eps, dtype, solver), mine in sorted(groups.items(), key=order):
     med = lambda k: _median([r.get(k) for r in mine])
-    out.append({"epsilon": eps, "dtype": dtype, "solver": solver, "family": mine[0]["family"],
+    out.append({"n": n, "epsilon": eps, "dtype": dtype, "solver": solver, "family": mine[0]["family"],
                 "marginal_error": med("marginal_error"), "plan_error_l1": med("plan_error_l1"),
                 "loss_rel_error": med("loss_rel_error"), "grad_rel_error": med("grad_rel_error"),
                 "grad_cosine": med("grad_cosine"), "iterations": med("iterations"),
@@ -157,7 +165,7 @@ def _fmt(v, spec=".1e") -> str:
 def markdown(report: dict) -> str:
   lines = [f"# OT solver comparison on masked self-transport ({report['device']})", "",
            f"Versions: {report['versions']}.", "",
-           "Rows: medians over problems (kinds × n) per epsilon, dtype and solver. Errors are against a "
+           "Rows: medians over the problem kinds per n, epsilon, dtype and solver. Errors are against a "
            "float64 reference (symmetric Sinkhorn + Newton to 1e-12; gradient by the implicit function "
            "theorem with a dense solve). `failed` = raised, NaN/inf, or missed its own threshold (POT's 1e-9 "
            "is out of float32's reach: it always runs its 1000 iterations); `broken` = raised, NaN/inf, or "
@@ -173,58 +181,89 @@ def markdown(report: dict) -> str:
   cell = lambda f: "none | |" if f is None else f"{f['epsilon']:g} | {', '.join(f['how'])} | {f['problems']}/{f['of']}"
   for solver, f in first_failures(report["rows"]).items():
     lines.append(f"| {solver} | {cell(f)} | {cell(broken[solver])} |")
-  lines += ["", "## Summary", "", "| eps | dtype | solver | marginal err | plan L1 err | loss rel err | "
-            "grad rel err | grad cos | iterations | time ms | failed/rows | broken/rows |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for s in summary(report["rows"]):
-    lines.append(f"| {s['epsilon']:g} | {s['dtype']} | {s['solver']} | {_fmt(s['marginal_error'])} | "
-                 f"{_fmt(s['plan_error_l1'])} | {_fmt(s['loss_rel_error'])} | {_fmt(s['grad_rel_error'])} | "
-                 f"{_fmt(s['grad_cosine'], '.4f')} | {_fmt(s['iterations'], '.0f')} | {_fmt(s['time_ms'], '.2f')} | "
-                 f"{s['failed']}/{s['rows']} | {s['broken']}/{s['rows']} |")
+  for n in sorted({r["n"] for r in report["rows"]}):
+    lines += ["", f"## Summary, n = {n}", "", "| eps | dtype | solver | marginal err | plan L1 err | loss rel err | "
+              "grad rel err | grad cos | iterations | time ms | failed/rows | broken/rows |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary(r for r in report["rows"] if r["n"] == n):
+      lines.append(f"| {s['epsilon']:g} | {s['dtype']} | {s['solver']} | {_fmt(s['marginal_error'])} | "
+                   f"{_fmt(s['plan_error_l1'])} | {_fmt(s['loss_rel_error'])} | {_fmt(s['grad_rel_error'])} | "
+                   f"{_fmt(s['grad_cosine'], '.4f')} | {_fmt(s['iterations'], '.0f')} | "
+                   f"{_fmt(s['time_ms'], '.2f')} | {s['failed']}/{s['rows']} | {s['broken']}/{s['rows']} |")
   return "\n".join(lines) + "\n"
 
 
 def pareto_figure(report: dict, path: pathlib.Path) -> None:
-  """Gradient error vs time per solver family, one panel per epsilon (float32 rows; medians)."""
+  """Gradient error vs time per solver family: one panel per (n, epsilon), medians over the kinds."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   rows = [s for s in summary(report["rows"]) if s["grad_rel_error"] is not None and s["time_ms"]]
   epsilons = sorted({s["epsilon"] for s in rows}, reverse=True)
-  if not epsilons:
+  sizes = sorted({s["n"] for s in rows})
+  if not rows:
     return
   families = sorted({s["family"] for s in rows})
   colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
   colors.update({f: "k" for f in families if f.startswith("rtjax (default")})  # the default stands out
-  fig, axes = plt.subplots(1, len(epsilons), figsize=(4.2 * len(epsilons), 4), squeeze=False)
-  for ax, eps in zip(axes[0], epsilons):
-    mine = [s for s in rows if s["epsilon"] == eps]
+  fig, axes = plt.subplots(len(sizes), len(epsilons), figsize=(3.6 * len(epsilons), 3.2 * len(sizes) + 0.8),
+                           squeeze=False)
+  for (i, n), (j, eps) in itertools.product(enumerate(sizes), enumerate(epsilons)):
+    ax, mine = axes[i][j], [s for s in rows if (s["n"], s["epsilon"]) == (n, eps)]
+    ax.set(xscale="log", yscale="log", title=f"n = {n}, eps = {eps:g}")
     for s in mine:
       ax.scatter(s["time_ms"], max(s["grad_rel_error"], 1e-9), color=colors[s["family"]],
                  marker="o" if s["dtype"] == "float32" else "s", alpha=0.8)
-    front, best = [], np.inf
-    for s in sorted(mine, key=lambda s: s["time_ms"]):
-      if s["grad_rel_error"] < best:
-        best = s["grad_rel_error"]
-        front.append((s["time_ms"], max(best, 1e-9)))
-    ax.step(*zip(*front), where="post", color="k", lw=0.8)
-    ax.set(xscale="log", yscale="log", title=f"eps = {eps:g}", xlabel="time (ms, median)")
-  axes[0][0].set_ylabel("gradient relative error (median)")
+    if mine:
+      ax.step(*zip(*_front(mine)), where="post", color="k", lw=0.8)
+  for ax in axes[-1]:
+    ax.set_xlabel("time (ms, median)")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("gradient rel. error")
   handles = [plt.Line2D([], [], color=colors[f], marker="o", ls="", label=f) for f in families]
-  handles += [plt.Line2D([], [], color="k", mfc="none", marker=m, ls="", label=d) for m, d in (("o", "float32"), ("s", "float64"))]
+  handles += [plt.Line2D([], [], color="k", mfc="none", marker=m, ls="", label=d)
+              for m, d in (("o", "float32"), ("s", "float64"))]
   fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
-  fig.tight_layout(rect=(0, 0.12, 1, 1))
-  fig.savefig(path, dpi=110)
+  fig.tight_layout(rect=(0, 0.8 / fig.get_figheight(), 1, 1))
+  fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def _front(summaries) -> list[tuple[float, float]]:
+  """The Pareto front (time, gradient error): each point is faster or more accurate than the others."""
+  front, best = [], np.inf
+  for s in sorted(summaries, key=lambda s: s["time_ms"]):
+    if s["grad_rel_error"] < best:
+      best = s["grad_rel_error"]
+      front.append((s["time_ms"], max(best, 1e-9)))
+  return front
+
+
+def merge(dirs) -> dict:
+  """One report from several runs (e.g. one per n or dtype); a row repeated in a later run replaces
+  the earlier one."""
+  reports = [benchmark.read_results(d) for d in dirs]
+  key = lambda r: (r["solver"], r["dtype"], r["epsilon"], r["n"], r["kind"])
+  rows = {key(r): r for report in reports for r in report["rows"]}
+  references = {(r["n"], r["epsilon"], r["kind"]): r for report in reports for r in report["references"]}
+  checks = {(c["n"], c["epsilon"]): c for report in reports for c in report["reference_checks"]}
+  merged = dict(reports[-1], rows=list(rows.values()), references=list(references.values()),
+                reference_checks=list(checks.values()), date=max(r["date"] for r in reports),
+                solvers={k: v for report in reports for k, v in report["solvers"].items()},
+                settings=[r["settings"] for r in reports])
+  for field in ("device", "versions"):
+    if any(r[field] != merged[field] for r in reports):
+      merged[field] = [r[field] for r in reports]
+  return merged
 
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  report = run(args)
-  benchmark.write_results(args.out, report, markdown(report), indent=None)
+  report = merge(args.merge) if args.merge else run(args)
+  benchmark.write_results(args.out, report, markdown(report), indent=None, compress=args.gzip)
   pareto_figure(report, args.out / "pareto.png")
-  print(f"wrote {args.out}/results.json, results.md, pareto.png")
+  print(f"wrote {args.out}/results.json{'.gz' if args.gzip else ''}, results.md, pareto.png")
   return report
 
 

@@ -2,6 +2,7 @@
 synchronised repeats."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pathlib
@@ -67,9 +68,27 @@ def library_versions() -> dict:
   return out
 
 
-def write_results(out: pathlib.Path, report: dict, markdown: str, indent: int | None = 1) -> None:
-  """OUT/results.json (the report; indent=None writes it compactly) and OUT/results.md."""
+def write_results(out: pathlib.Path, report: dict, markdown: str, indent: int | None = 1,
+                  compress: bool = False) -> None:
+  """OUT/results.json (the report; indent=None writes it compactly; compress=True writes
+  results.json.gz instead, for large grids that are committed) and OUT/results.md."""
   out.mkdir(parents=True, exist_ok=True)
   separators = (",", ":") if indent is None else None
-  (out / "results.json").write_text(json.dumps(report, indent=indent, separators=separators))
+  text = json.dumps(report, indent=indent, separators=separators)
+  for stale in (out / "results.json", out / "results.json.gz"):
+    stale.unlink(missing_ok=True)
+  if compress:
+    (out / "results.json.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+  else:
+    (out / "results.json").write_text(text)
   (out / "results.md").write_text(markdown)
+
+
+def read_results(directory: pathlib.Path) -> dict:
+  """The report written by `write_results` in `directory` (plain or gzipped JSON)."""
+  directory = pathlib.Path(directory)
+  if (directory / "results.json").exists():
+    return json.loads((directory / "results.json").read_text())
+  if (directory / "results.json.gz").exists():
+    return json.loads(gzip.decompress((directory / "results.json.gz").read_bytes()))
+  raise FileNotFoundError(f"no results.json or results.json.gz in {directory}")

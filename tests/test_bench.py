@@ -20,6 +20,10 @@ def test_quick_benchmark_writes_results_with_accurate_gradients(tmp_path):
       # Every rtjax configuration meets the 2e-3 gradient-accuracy bar against the float64 reference.
       assert row["finite"] and row["grad_rel_error"] < 2e-3, row
   assert saved["dense"][0]["median_ms"] > 0
+  # n = 1000 is above --dense-max-n in quick mode: only the blocked path ran there (float64 blocked reference).
+  assert {r["method"] for r in saved["rows"] if r["n"] == 1000} == {bench.BLOCKED}
+  assert [(p["n"], p["block_size"]) for p in saved["passes"]] == [(200, 200), (1000, 1000)]
+  assert all(p["median_ms"] > 0 for p in saved["passes"])
 
 
 def test_relative_error_is_against_the_reference():

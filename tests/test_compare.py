@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import compare_solvers
-from rtjax import compare
+from rtjax import benchmark, compare
 
 
 @pytest.mark.parametrize("kind", compare.PROBLEM_KINDS)
@@ -74,3 +74,14 @@ def test_quick_comparison_end_to_end(tmp_path):
   for row in saved["rows"]:
     if row["solver"].startswith("rtjax symmetric-implicit") and row["epsilon"] == 0.1:
       assert row["converged"] and row["grad_rel_error"] < 2e-3
+  # Split by epsilon into two runs (one gzipped, one repeating a row with a new value), merge them back.
+  for eps, compress in ((0.1, True), (0.01, False)):
+    part = dict(saved, rows=[r for r in saved["rows"] if r["epsilon"] == eps])
+    benchmark.write_results(tmp_path / f"eps{eps}", part, "", compress=compress)
+  repeated = dict(saved["rows"][0], time_ms=-1.0)
+  benchmark.write_results(tmp_path / "again", dict(saved, rows=[repeated]), "")
+  merged = compare_solvers.main(["--merge", *(str(tmp_path / d) for d in ("eps0.1", "eps0.01", "again")),
+                                 "--gzip", "--out", str(tmp_path / "merged")])
+  assert len(merged["rows"]) == len(saved["rows"]) and repeated in merged["rows"]
+  assert benchmark.read_results(tmp_path / "merged")["rows"] == merged["rows"]
+  assert "## Summary, n = 50" in (tmp_path / "merged" / "results.md").read_text()
