@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import shutil
 import time
@@ -18,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from rtjax import SolverOptions, coordinate
+from rtjax import SolverOptions, benchmark, coordinate
 from rtjax.data import DATASETS, coordinate_dataset, load_npz, split
 from rtjax.train import RotConfig
 
@@ -113,15 +112,14 @@ def main(argv=None) -> dict:
             "ot_solver": dict(dataclasses.asdict(SolverOptions()), warm_start=RotConfig().warm_start),
             "results": results, "paper_table3": coordinate.PAPER_TABLE3,
             "total_wall_time_s": time.perf_counter() - start}
-  (args.out / "results.json").write_text(json.dumps(report, indent=1))
-  (args.out / "results.md").write_text(_markdown(report))
+  benchmark.write_results(args.out, report, _markdown(report))
   print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}")
   return report
 
 
 def merge(dirs, out: pathlib.Path) -> dict:
   """One report from several runs (e.g. datasets run in parallel processes); figures are copied."""
-  reports = [json.loads((d / "results.json").read_text()) for d in dirs]
+  reports = [benchmark.read_results(d) for d in dirs]
   trained = [r for r in reports if any(r["results"].values())] or reports  # sweep-only runs have no table
   merged = dict(trained[0], settings={}, sweeps={}, results={},
                 total_wall_time_s=sum(r["total_wall_time_s"] for r in reports))
@@ -142,8 +140,7 @@ def merge(dirs, out: pathlib.Path) -> dict:
     if not any("ot" in m for m in merged["results"].get(name, {})):
       merged["settings"].setdefault(name, {"data": "generated"}).update(
           lam=sw["chosen"]["lam"], gamma=sw["chosen"]["gamma"], source="sweep (no L_ot row run yet)")
-  (out / "results.json").write_text(json.dumps(merged, indent=1))
-  (out / "results.md").write_text(_markdown(merged))
+  benchmark.write_results(out, merged, _markdown(merged))
   print(f"merged {len(dirs)} runs into {out}")
   return merged
 

@@ -1,5 +1,5 @@
 """Timing and memory measurement for benchmarks (never for tests): compile once, then the median of
-synchronised repeats."""
+synchronised repeats; and the results files (JSON + markdown) that benchmarks and experiments write."""
 from __future__ import annotations
 
 import gzip
@@ -41,6 +41,12 @@ def peak_memory_bytes() -> int | None:
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def peak_host_bytes() -> int:
+  """This process's peak resident memory so far (Linux ru_maxrss; on CPU the device memory is here)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def device_name() -> str:
