@@ -18,7 +18,9 @@ def time_call(fn: Callable, *args, sync: Callable[[Any], Any] = jax.block_until_
               min_repeats: int = 3, max_repeats: int = 20, budget_s: float = 5.0) -> tuple[dict, Any]:
   """Times `fn(*args)`: the first call (compilation included) apart, then repeats until `budget_s` is
   spent (between `min_repeats` and `max_repeats`). `sync` waits for the result (JAX dispatch is
-  asynchronous; pass e.g. `torch.cuda.synchronize`-based waits for torch on GPU).
+  asynchronous; pass e.g. `torch.cuda.synchronize`-based waits for torch on GPU). With
+  `min_repeats=0` and no budget the first call is the only one and its time (compilation included)
+  is the median: for calls of minutes, where compilation is a small part.
 
   Returns:
     ({"first_call_s", "median_ms", "min_ms", "repeats"}, the last output).
@@ -31,8 +33,10 @@ def time_call(fn: Callable, *args, sync: Callable[[Any], Any] = jax.block_until_
     start = time.perf_counter()
     out = sync(fn(*args))
     times.append(time.perf_counter() - start)
+  repeats = len(times)
+  times = times or [first]
   return {"first_call_s": first, "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-          "repeats": len(times)}, out
+          "repeats": repeats}, out
 
 
 def peak_memory_bytes() -> int | None:
