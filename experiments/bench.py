@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--reference-max-n", type=int, default=4096, help="float64 reference up to this n")
   p.add_argument("--no-published", action="store_true", help="skip torch + POT even if importable")
   p.add_argument("--budget", type=float, default=5.0, help="seconds of repeats per row")
+  p.add_argument("--note", default="", help="recorded with the results (e.g. what else the machine ran)")
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
   args = p.parse_args(argv)
   gpu = jax.devices()[0].platform != "cpu"
@@ -155,7 +156,7 @@ def run(args, save=lambda report: None) -> dict:
   report = {"device": benchmark.device_name(), "epsilon": EPSILON, "rows": [], "dense": [], "passes": [],
             "reference": "float64 rtjax symmetric-implicit, threshold 1e-9",
             "versions": benchmark.library_versions(), "published_available": use_torch,
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "note": args.note}
   for n, d in args.sizes:
     dense = n <= args.dense_max_n
     if not dense:  # the cost of one pass first: the full call takes many of them
@@ -204,6 +205,7 @@ def _row_text(row: dict) -> str:
 
 def markdown(report: dict) -> str:
   lines = [f"# L_ot value_and_grad benchmark on {report['device']} (float32, epsilon {report['epsilon']})", "",
+           *([f"Note: {report['note']}", ""] if report.get("note") else []),
            f"Versions: {report['versions']}. Gradient error: relative to {report['reference']}. "
            "`published / this` = the published formulation's median time over the row's (higher = faster).",
            "", "| n | d | method | median ms | first call s | iterations (z / y) | grad rel. error | "
