@@ -75,31 +75,34 @@ def reference_checks(n: int, epsilons) -> list[dict]:
   return out
 
 
-def run(args) -> dict:
+def run(args, save=lambda report: None) -> dict:
+  """The grid; `save(report)` is called after every problem (long runs keep what they measured)."""
   logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)  # lineax failures are rows
   solvers_ = compare.solvers(args.thresholds)
   problems = [(n, eps, kind) for n in args.n for eps in args.epsilons for kind in args.kinds]
-  rows, references = [], []
+  report = {"device": benchmark.device_name(), "rows": [], "references": [],
+            "solvers": {s.name: dict(s.settings, family=s.family) for s in solvers_},
+            "reference_checks": [], "versions": benchmark.library_versions(), "date": time.strftime("%Y-%m-%d"),
+            "settings": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
+                         if k not in ("out", "merge")}}
   bar = tqdm(total=len(problems) * len(args.dtypes) * len(solvers_), disable=args.no_progress,
              desc="solver rows", leave=False)
   for n, eps, kind in problems:
     points = compare.problem_points(kind, n, seed=0)
     start = time.perf_counter()
     ref = compare.reference(points, eps)
-    references.append({"n": n, "epsilon": eps, "kind": kind, "marginal_error": ref.marginal_error,
-                       "iterations": ref.iterations, "time_s": time.perf_counter() - start})
+    report["references"].append({"n": n, "epsilon": eps, "kind": kind, "marginal_error": ref.marginal_error,
+                                 "iterations": ref.iterations, "time_s": time.perf_counter() - start})
     for dtype in args.dtypes:
       for solver in solvers_:
         row = compare.measure(solver, points, eps, ref, dtype=np.dtype(dtype), repeats=args.repeats)
-        row.pop("settings")  # recorded once per solver below
-        rows.append(dict(row, kind=kind))
+        row.pop("settings")  # recorded once per solver in report["solvers"]
+        report["rows"].append(dict(row, kind=kind))
         bar.update()
+    save(report)
   bar.close()
-  checks = reference_checks(args.fd_check_n, [0.1, 0.01]) if args.fd_check_n else []
-  return {"device": benchmark.device_name(), "rows": rows, "references": references,
-          "solvers": {s.name: dict(s.settings, family=s.family) for s in solvers_},
-          "reference_checks": checks, "versions": benchmark.library_versions(), "date": time.strftime("%Y-%m-%d"),
-          "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+  report["reference_checks"] = reference_checks(args.fd_check_n, [0.1, 0.01]) if args.fd_check_n else []
+  return report
 
 
 def failed(row: dict) -> bool:
@@ -260,8 +263,10 @@ def merge(dirs) -> dict:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  report = merge(args.merge) if args.merge else run(args)
-  benchmark.write_results(args.out, report, markdown(report), indent=None, compress=args.gzip)
+  save = lambda report: benchmark.write_results(args.out, report, markdown(report), indent=None,
+                                                compress=args.gzip)
+  report = merge(args.merge) if args.merge else run(args, save)
+  save(report)
   pareto_figure(report, args.out / "pareto.png")
   print(f"wrote {args.out}/results.json{'.gz' if args.gzip else ''}, results.md, pareto.png")
   return report
