@@ -15,7 +15,8 @@ def test_quick_benchmark_writes_results_with_accurate_gradients(tmp_path):
   assert {(r["n"], r["d"]) for r in saved["rows"]} == {(200, 128), (1000, 128)}
   for row in saved["rows"]:
     assert row["error"] is None, row
-    assert row["median_ms"] > 0 and row["repeats"] >= 3
+    # Beyond --dense-max-n one call is timed (with --budget 0 no repeat follows).
+    assert row["median_ms"] > 0 and row["repeats"] == (3 if row["n"] <= 200 else 0)
     if row["method"].startswith("rtjax"):
       # Every rtjax configuration meets the 2e-3 gradient-accuracy bar against the float64 reference.
       assert row["finite"] and row["grad_rel_error"] < 2e-3, row
