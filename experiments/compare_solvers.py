@@ -177,15 +177,17 @@ def markdown(report: dict) -> str:
   if report["reference_checks"]:
     lines += ["Reference gradient vs central finite differences: " + ", ".join(
         f"n={c['n']} eps={c['epsilon']:g}: {c['implicit_vs_fd_rel']:.1e}" for c in report["reference_checks"]), ""]
-  lines += ["## First failure per solver (epsilon decreasing)", "",
-            "| solver | first failing epsilon | how | problems | first broken epsilon | how | problems |",
-            "|---|---|---|---|---|---|---|"]
-  broken = first_failures(report["rows"], broken_only=True)
   cell = lambda f: "none | |" if f is None else f"{f['epsilon']:g} | {', '.join(f['how'])} | {f['problems']}/{f['of']}"
-  for solver, f in first_failures(report["rows"]).items():
-    lines.append(f"| {solver} | {cell(f)} | {cell(broken[solver])} |")
+  for dtype in sorted({r["dtype"] for r in report["rows"]}):  # float32 first
+    rows = [r for r in report["rows"] if r["dtype"] == dtype]
+    lines += [f"## First failure per solver, {dtype} (epsilon decreasing; all n)", "",
+              "| solver | first failing epsilon | how | problems | first broken epsilon | how | problems |",
+              "|---|---|---|---|---|---|---|"]
+    broken = first_failures(rows, broken_only=True)
+    lines += [f"| {solver} | {cell(f)} | {cell(broken[solver])} |" for solver, f in first_failures(rows).items()]
+    lines.append("")
   for n in sorted({r["n"] for r in report["rows"]}):
-    lines += ["", f"## Summary, n = {n}", "", "| eps | dtype | solver | marginal err | plan L1 err | loss rel err | "
+    lines += [f"## Summary, n = {n}", "", "| eps | dtype | solver | marginal err | plan L1 err | loss rel err | "
               "grad rel err | grad cos | iterations | time ms | failed/rows | broken/rows |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary(r for r in report["rows"] if r["n"] == n):
@@ -193,7 +195,8 @@ def markdown(report: dict) -> str:
                    f"{_fmt(s['plan_error_l1'])} | {_fmt(s['loss_rel_error'])} | {_fmt(s['grad_rel_error'])} | "
                    f"{_fmt(s['grad_cosine'], '.4f')} | {_fmt(s['iterations'], '.0f')} | "
                    f"{_fmt(s['time_ms'], '.2f')} | {s['failed']}/{s['rows']} | {s['broken']}/{s['rows']} |")
-  return "\n".join(lines) + "\n"
+    lines.append("")
+  return "\n".join(lines)
 
 
 def pareto_figure(report: dict, path: pathlib.Path) -> None:

@@ -70,7 +70,7 @@ def test_quick_comparison_end_to_end(tmp_path):
   assert len(saved["rows"]) == len(report["rows"]) > 0
   assert (tmp_path / "pareto.png").stat().st_size > 10_000
   text = (tmp_path / "results.md").read_text()
-  assert "First failure per solver" in text and "rtjax symmetric-implicit" in text
+  assert "First failure per solver, float32" in text and "rtjax symmetric-implicit" in text
   for row in saved["rows"]:
     if row["solver"].startswith("rtjax symmetric-implicit") and row["epsilon"] == 0.1:
       assert row["converged"] and row["grad_rel_error"] < 2e-3
