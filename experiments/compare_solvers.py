@@ -202,6 +202,7 @@ def markdown(report: dict) -> str:
 def pareto_figure(report: dict, path: pathlib.Path) -> None:
   """Gradient error vs time per solver family: one panel per (n, epsilon), medians over the kinds."""
   import matplotlib
+  import matplotlib.ticker
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -218,6 +219,7 @@ def pareto_figure(report: dict, path: pathlib.Path) -> None:
   for (i, n), (j, eps) in itertools.product(enumerate(sizes), enumerate(epsilons)):
     ax, mine = axes[i][j], [s for s in rows if (s["n"], s["epsilon"]) == (n, eps)]
     ax.set(xscale="log", yscale="log", title=f"n = {n}, eps = {eps:g}")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # narrow ranges: no overlapping labels
     for s in mine:
       ax.scatter(s["time_ms"], max(s["grad_rel_error"], 1e-9), color=colors[s["family"]],
                  marker="o" if s["dtype"] == "float32" else "s", alpha=0.8)
