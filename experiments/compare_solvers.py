@@ -4,7 +4,8 @@ iterations, time and failures of ott-jax / rtjax / POT configurations (see rtjax
     python -m experiments.compare_solvers --quick     # n = 50, eps 0.1 and 0.01, float32: < 2 min on CPU
     python -m experiments.compare_solvers             # n in 50, 200, 1000; eps 1 ... 0.001; float32, float64
 
-Writes OUT/results.json (one record per row), OUT/results.md (summary, first failures) and
+Writes OUT/results.json (one record per row; results.json.gz with --gzip), OUT/results.md (summary,
+first failures) and
 OUT/pareto.png (gradient error vs time, one panel per epsilon).
 """
 from __future__ import annotations
@@ -173,7 +174,7 @@ def markdown(report: dict) -> str:
            "theorem with a dense solve). `failed` = raised, NaN/inf, or missed its own threshold (POT's 1e-9 "
            "is out of float32's reach: it always runs its 1000 iterations); `broken` = raised, NaN/inf, or "
            "a plan with marginal error >= 0.5 (an underflowed kernel). Gradients are of <C(x), T(C(x))> "
-           "w.r.t. the points x. Solver settings: `solvers` in results.json.", ""]
+           "w.r.t. the points x. Solver settings: `solvers` in results.json(.gz).", ""]
   if report["reference_checks"]:
     lines += ["Reference gradient vs central finite differences: " + ", ".join(
         f"n={c['n']} eps={c['epsilon']:g}: {c['implicit_vs_fd_rel']:.1e}" for c in report["reference_checks"]), ""]
