@@ -5,8 +5,8 @@ iterations, time and failures of ott-jax / rtjax / POT configurations (see rtjax
     python -m experiments.compare_solvers             # n in 50, 200, 1000; eps 1 ... 0.001; float32, float64
 
 Writes OUT/results.json (one record per row; results.json.gz with --gzip), OUT/results.md (summary,
-first failures) and
-OUT/pareto.png (gradient error vs time, one panel per epsilon).
+first failures) and OUT/pareto.png (gradient error vs time, one panel per n and epsilon).
+`--merge DIR...` combines earlier runs instead of running.
 """
 from __future__ import annotations
 
