@@ -1,4 +1,5 @@
-"""Eager validation of static properties (ranks, shapes, dtypes) with messages that name the argument."""
+"""Eager validation of static properties (ranks, shapes, dtypes, hyper-parameters) with messages that
+name the argument."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -25,8 +26,23 @@ def require_rank(name: str, x, ranks: Sequence[int], what: str) -> None:
 
 
 def require_positive(name: str, value) -> None:
-  """Raises ValueError unless the (static) scalar `value` is > 0."""
-  if isinstance(value, jax.core.Tracer):  # traced: cannot be checked eagerly
+  """Raises ValueError unless the scalar `value` is > 0; a traced value cannot be checked and passes."""
+  if isinstance(value, jax.core.Tracer):
     return
+  if jnp.ndim(value) != 0:
+    raise ValueError(f"`{name}` must be a scalar, got shape {shape_of(value)}.")
   if not float(value) > 0:
     raise ValueError(f"`{name}` must be positive, got {value}.")
+
+
+def require_static_positive(name: str, value) -> None:
+  """Raises ValueError unless `value` is a Python number > 0 (it is static: part of a compiled program)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"`{name}` must be a Python number (it is static under jit), got {type(value).__name__}.")
+  if not value > 0:
+    raise ValueError(f"`{name}` must be positive, got {value}.")
+
+
+def upcast(x: jax.Array) -> jax.Array:
+  """bfloat16/float16 -> float32: the solvers need at least float32 precision."""
+  return x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x

@@ -15,7 +15,8 @@ _WARM_START: dict = {}  # last potentials per (n, epsilon): finite differences s
 
 def sinkhorn_plan(cost: np.ndarray, epsilon: float, tol: float = 1e-12, max_iter: int = 200_000,
                   warm_start: bool = True):
-  """Plan [n, n] of min <C,T> + eps sum T log T, T1 = T^T1 = 1/n, T_ii = 0 (float64, log domain).
+  """Plan [n, n] of min <C,T> + eps sum T log T, T1 = T^T1 = 1/n, T_ii = 0 (float64, log domain,
+  alternating updates: any cost, symmetric or not).
 
   Stops when the L1 row-marginal error (columns are exact after each update) is below `tol`. The
   initial potential only changes the iteration count, not the fixed point.
@@ -49,8 +50,16 @@ def distances(x: np.ndarray) -> np.ndarray:
   return np.sqrt(np.maximum((diff ** 2).sum(-1), 1e-12))
 
 
+def normalized_target_cost(y: np.ndarray) -> np.ndarray:
+  """C_Y: distances of the targets divided by the largest one, clamped after the division (so that the
+  cost does not depend on the targets' unit); constant targets give the clamp value everywhere."""
+  diff = y[:, None, :] - y[None, :, :]
+  largest = np.sqrt((diff ** 2).sum(-1).max())
+  return distances(y / largest if largest > 0 else np.zeros_like(y))
+
+
 def rot_loss(features: np.ndarray, targets: np.ndarray, epsilon: float, normalize: bool = True) -> float:
-  """The published ROT loss in float64 (DESIGN §2 steps 1-5)."""
+  """The published ROT loss in float64 (docs/design.md, steps 1-5), C_Y clamped after normalisation."""
   z = np.asarray(features, np.float64)
   y = np.asarray(targets, np.float64).reshape(len(z), -1)
   if normalize:
@@ -65,8 +74,8 @@ def rot_loss(features: np.ndarray, targets: np.ndarray, epsilon: float, normaliz
 @functools.lru_cache(maxsize=64)
 def _target_plan(y_bytes: bytes, shape: tuple, epsilon: float) -> np.ndarray:
   """T_Y of max-normalised target distances (cached: finite differences only move the features)."""
-  cost_y = distances(np.frombuffer(y_bytes, np.float64).reshape(shape))
-  return sinkhorn_plan(cost_y / cost_y.max(), epsilon, warm_start=False)
+  return sinkhorn_plan(normalized_target_cost(np.frombuffer(y_bytes, np.float64).reshape(shape)), epsilon,
+                       warm_start=False)
 
 
 def finite_difference_grad(fn, x: np.ndarray, h: float = 1e-5) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""ROT loss: value and gradient against the float64 NumPy reference and finite differences, POT
-peer, transformations, invariances, robustness and errors."""
+"""ROT loss, dense and blocked: value and gradient against the float64 NumPy reference and finite
+differences, POT peer, prepared targets, warm starts, invariances, robustness, memory, errors."""
 import functools
 
 import chex
@@ -11,85 +11,107 @@ import pytest
 
 import rtjax
 from problems import random_problem
-from reference import distances, finite_difference_grad, relative_error, rot_loss as reference_loss
+from reference import (distances, finite_difference_grad, normalized_target_cost, relative_error,
+                       rot_loss as reference_loss)
 
-TIGHT = dict(threshold=1e-12, max_iterations=3000, linear_solve_tolerance=1e-12)
-MODES = ["symmetric-implicit", "unrolled", "implicit"]
+TIGHT = rtjax.SolverOptions(threshold=1e-12, max_iterations=20_000, linear_solve_tolerance=1e-12)
 # seed, n, d, k, epsilon. Some seeds make the float64 reference Sinkhorn converge very slowly at
 # epsilon = 0.05 (an isolated point); those are avoided to keep the suite fast.
-PROBLEMS = [
-    (0, 10, 4, 1, 0.1), (1, 16, 3, 3, 0.1), (6, 16, 4, 1, 0.05), (3, 12, 6, 2, 0.5)]
+PROBLEMS = [(0, 10, 4, 1, 0.1), (1, 16, 3, 3, 0.1), (6, 16, 4, 1, 0.05), (3, 12, 6, 2, 0.5)]
+BLOCKS = [None, 5]  # dense, and blocks of 5 rows (the last one padded)
 
 
 @functools.lru_cache(maxsize=None)
 def _reference(seed, n, d, k, epsilon):
   """Problem, float64 reference loss and finite-difference gradient (computed once per session)."""
   z, y = random_problem(seed, n, d, k)
-  return (z, y) + _reference_value_and_grad(z, y, epsilon)
-
-
-def _reference_value_and_grad(z, y, epsilon):
   value = reference_loss(z, y, epsilon)
-  grad = finite_difference_grad(lambda zz: reference_loss(zz, y, epsilon), z)
-  return value, grad
+  return z, y, value, finite_difference_grad(lambda zz: reference_loss(zz, y, epsilon), z)
 
 
 @pytest.mark.parametrize("seed, n, d, k, epsilon", PROBLEMS)
-@pytest.mark.parametrize("differentiation", MODES)
-def test_x64_value_and_grad_match_reference(x64, seed, n, d, k, epsilon, differentiation):
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_x64_value_and_grad_match_reference(x64, seed, n, d, k, epsilon, block_size):
   z, y, value, grad = _reference(seed, n, d, k, epsilon)
-  ours, our_grad = jax.value_and_grad(rtjax.rot_loss)(
-      jnp.asarray(z), jnp.asarray(y), epsilon=epsilon, differentiation=differentiation, **TIGHT)
+  fn = jax.jit(jax.value_and_grad(lambda f: rtjax.rot_loss(
+      f, jnp.asarray(y), epsilon=epsilon, block_size=block_size, solver=TIGHT)))
+  ours, our_grad = fn(jnp.asarray(z))
   assert ours.dtype == jnp.float64
   assert abs(float(ours) - value) <= 1e-9 * max(1.0, value)
   assert relative_error(our_grad, grad) <= 1e-6
 
 
 @pytest.mark.parametrize("seed, n, d, k, epsilon", PROBLEMS)
-@pytest.mark.parametrize("differentiation", ["symmetric-implicit", "unrolled"])
-def test_float32_defaults_match_reference(seed, n, d, k, epsilon, differentiation):
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_float32_defaults_match_reference(seed, n, d, k, epsilon, block_size):
   z, y, value, grad = _reference(seed, n, d, k, epsilon)
   ours, our_grad = jax.value_and_grad(rtjax.rot_loss)(
-      jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32), epsilon=epsilon,
-      differentiation=differentiation)
+      jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32), epsilon=epsilon, block_size=block_size)
   assert ours.dtype == jnp.float32
   assert abs(float(ours) - value) <= 5e-3 * max(1.0, value)
   assert relative_error(our_grad, grad) <= 2e-3
 
 
-@pytest.mark.parametrize("seed, n, d, k, epsilon", PROBLEMS)
-def test_warm_start_keeps_value_and_gradient_and_saves_iterations(seed, n, d, k, epsilon):
-  """Start from the potentials of a perturbed batch (a previous training step): the float32
-  default still matches the float64 reference, in fewer iterations than a cold start."""
-  z, y, value, grad = _reference(seed, n, d, k, epsilon)
-  z32, y32 = jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32)
-  step = jax.jit(jax.value_and_grad(
-      functools.partial(rtjax.rot_loss_with_diagnostics, epsilon=epsilon), has_aux=True))
-  _, previous = step(z32 + 0.01 * jnp.sin(z32), y32)[0]
-  (warm, info), warm_grad = step(z32, y32, init=previous.potentials)
-  (_, cold_info), _ = step(z32, y32)
-  assert abs(float(warm) - value) <= 5e-3 * max(1.0, value)
-  assert relative_error(warm_grad, grad) <= 2e-3
-  assert int(info.target_transport.iterations) <= int(cold_info.target_transport.iterations)
-  assert int(info.feature_transport.iterations) <= int(cold_info.feature_transport.iterations)
-  zero_start = step(z32, y32, init=rtjax.RotPotentials.zeros(n))[0][1]
-  assert int(zero_start.feature_transport.iterations) == int(cold_info.feature_transport.iterations)
+@pytest.mark.parametrize("n, d, epsilon", [(300, 256, 0.1), (200, 16, 0.05)])
+def test_float32_blocked_matches_float64_dense_at_larger_n(n, d, epsilon):
+  """float32 within the 2e-3 budget; d = 256 takes the expanded distance form in 64-row blocks."""
+  z, y = random_problem(3, n, d, 1)
+  with jax.enable_x64(True):
+    dense = jax.jit(jax.value_and_grad(lambda f: rtjax.rot_loss(f, jnp.asarray(y), epsilon=epsilon, solver=TIGHT)))
+    value64, grad64 = map(np.asarray, dense(jnp.asarray(z)))
+  fn = jax.jit(jax.value_and_grad(
+      lambda f: rtjax.rot_loss(f, jnp.asarray(y, jnp.float32), epsilon=epsilon, block_size=64)))
+  value, grad = fn(jnp.asarray(z, jnp.float32))
+  assert value.dtype == jnp.float32 and grad.dtype == jnp.float32
+  assert abs(float(value) - value64) / value64 < 1e-3
+  assert relative_error(grad, grad64) < 2e-3
 
 
 def test_value_matches_pot_plans(x64):
   """The loss assembled from POT's kernel-mode plans (the published solver) on the same costs."""
   z, y = random_problem(7, 20, 4, 1)
-  zn = z / np.linalg.norm(z, axis=1).mean()
-  cost_z = distances(zn)
-  cost_y = distances(y)
-  cost_y /= cost_y.max()
+  cost_z = distances(z / np.linalg.norm(z, axis=1).mean())
+  cost_y = normalized_target_cost(y)
   a = np.full(20, 1 / 20)
   big = 999 * np.eye(20)
   t_y = pot.sinkhorn(a, a, cost_y + big, 0.1, numItermax=100_000, stopThr=1e-13)
   t_z = pot.sinkhorn(a, a, cost_z + big, 0.1, numItermax=100_000, stopThr=1e-13)
   expected = abs(((cost_z + big) * t_y).sum() - ((cost_z + big) * t_z).sum())
-  ours = rtjax.rot_loss(jnp.asarray(z), jnp.asarray(y), epsilon=0.1, **TIGHT)
-  np.testing.assert_allclose(float(ours), expected, rtol=1e-9)
+  for block_size in BLOCKS:
+    ours = rtjax.rot_loss(jnp.asarray(z), jnp.asarray(y), epsilon=0.1, block_size=block_size, solver=TIGHT)
+    np.testing.assert_allclose(float(ours), expected, rtol=1e-9)
+
+
+def test_prepared_targets_give_the_same_loss_and_gradient(x64):
+  z, y = random_problem(2, 14, 4, 1)
+  prepared = rtjax.prepare_targets(jnp.asarray(y), epsilon=0.05, solver=TIGHT)
+  assert bool(prepared.info.converged)
+  direct = jax.value_and_grad(lambda f: rtjax.rot_loss(f, jnp.asarray(y), epsilon=0.05, solver=TIGHT))
+  cached = jax.jit(jax.value_and_grad(lambda f, t: rtjax.rot_loss(f, t, solver=TIGHT)))
+  (v1, g1), (v2, g2) = direct(jnp.asarray(z)), cached(jnp.asarray(z), prepared)
+  np.testing.assert_allclose(v2, v1, rtol=1e-12)
+  np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-14)
+  np.testing.assert_allclose(v2, reference_loss(z, y, 0.05), rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed, n, d, k, epsilon", PROBLEMS)
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_warm_start_keeps_value_and_gradient_and_saves_iterations(seed, n, d, k, epsilon, block_size):
+  """Start from the potentials of a perturbed batch (a previous training step): the float32 default
+  still matches the float64 reference, in fewer iterations than a cold start."""
+  z, y, value, grad = _reference(seed, n, d, k, epsilon)
+  z32, y32 = jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32)
+  step = jax.jit(jax.value_and_grad(functools.partial(
+      rtjax.rot_loss, epsilon=epsilon, block_size=block_size, return_diagnostics=True), has_aux=True))
+  _, previous = step(z32 + 0.01 * jnp.sin(z32), y32)[0]
+  (warm, info), warm_grad = step(z32, y32, init=previous.potentials)
+  (_, cold_info), _ = step(z32, y32)
+  assert abs(float(warm) - value) <= 5e-3 * max(1.0, value)
+  assert relative_error(warm_grad, grad) <= 2e-3
+  assert int(info.target.iterations) == 0  # same targets: the previous potential already solves T_Y
+  assert int(info.feature.iterations) < int(cold_info.feature.iterations)
+  zero_start = step(z32, y32, init=rtjax.RotPotentials.zeros(n))[0][1]
+  assert int(zero_start.feature.iterations) == int(cold_info.feature.iterations)
 
 
 def test_jit_vmap_and_one_trace_per_shape():
@@ -110,24 +132,24 @@ def test_jit_vmap_and_one_trace_per_shape():
     np.testing.assert_allclose(grads[i], g, rtol=1e-4, atol=1e-6)
 
 
-def test_gradient_is_permutation_equivariant(x64):
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_gradient_is_permutation_equivariant(x64, block_size):
   z, y = random_problem(9, 14, 3, 1)
   perm = np.random.default_rng(0).permutation(14)
-  grad = jax.grad(rtjax.rot_loss)(jnp.asarray(z), jnp.asarray(y), **TIGHT)
-  grad_perm = jax.grad(rtjax.rot_loss)(jnp.asarray(z[perm]), jnp.asarray(y[perm]), **TIGHT)
-  np.testing.assert_allclose(grad_perm, grad[perm], rtol=1e-8, atol=1e-12)
+  grad_fn = jax.grad(lambda f, t: rtjax.rot_loss(f, t, block_size=block_size, solver=TIGHT))
+  np.testing.assert_allclose(grad_fn(jnp.asarray(z[perm]), jnp.asarray(y[perm])),
+                             grad_fn(jnp.asarray(z), jnp.asarray(y))[perm], rtol=1e-8, atol=1e-12)
 
 
-def test_normalised_loss_is_scale_invariant(x64):
+def test_unnormalised_loss_depends_on_scale(x64):
   z, y = random_problem(10, 14, 3, 1)
-  base = rtjax.rot_loss(jnp.asarray(z), jnp.asarray(y), **TIGHT)
-  for scale in (1e-3, 7.0, 1e3):
-    np.testing.assert_allclose(rtjax.rot_loss(jnp.asarray(scale * z), jnp.asarray(y), **TIGHT), base, rtol=1e-9)
-  unnormalised = rtjax.rot_loss(jnp.asarray(7.0 * z), jnp.asarray(y), normalize=False, **TIGHT)
+  base = rtjax.rot_loss(jnp.asarray(z), jnp.asarray(y), solver=TIGHT)
+  unnormalised = rtjax.rot_loss(jnp.asarray(7.0 * z), jnp.asarray(y), normalize=False, solver=TIGHT)
   assert abs(float(unnormalised) - float(base)) > 1e-3
 
 
-def test_constant_targets_duplicate_rows_and_zero_rows_are_finite():
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_constant_targets_duplicate_rows_and_zero_rows_are_finite(block_size):
   z, y = random_problem(11, 12, 4, 1)
   z = jnp.asarray(z, jnp.float32)
   constant = jnp.full((12,), 3.0)
@@ -135,7 +157,7 @@ def test_constant_targets_duplicate_rows_and_zero_rows_are_finite():
   zeros = z.at[3:].set(0.0)
   for feats, targs in [(z, constant), (duplicated, jnp.asarray(y, jnp.float32)),
                        (zeros, jnp.asarray(y, jnp.float32)), (jnp.zeros((12, 4)), constant)]:
-    value, grad = jax.value_and_grad(rtjax.rot_loss)(feats, targs)
+    value, grad = jax.value_and_grad(rtjax.rot_loss)(feats, targs, block_size=block_size)
     assert bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
 
 
@@ -146,24 +168,51 @@ def test_bfloat16_features_are_upcast():
   np.testing.assert_allclose(float(value), reference_loss(z, y, 0.1), rtol=3e-2)
 
 
-@pytest.mark.parametrize("differentiation", ["symmetric-implicit", "unrolled"])
-def test_rtjax_modes_never_kill_a_run_where_ott_implicit_diff_throws(differentiation):
+def test_small_epsilon_never_kills_a_run_where_ott_implicit_diff_throws():
   """ott-jax's implicit differentiation raises inside jit here (lineax: non-finite linear solve);
-  rtjax's default (symmetric-implicit) and unrolled modes stay finite and report the solves' state."""
-  key = jax.random.PRNGKey(0)
-  z = jax.random.normal(key, (100, 100))
+  rtjax stays finite and reports the solves' state."""
+  from ott.geometry import geometry
+  from ott.problems.linear import linear_problem
+  from ott.solvers.linear import implicit_differentiation, sinkhorn
+
+  z = jax.random.normal(jax.random.PRNGKey(0), (100, 100))
   y = jax.random.normal(jax.random.PRNGKey(1), (100, 3))
-  implicit = jax.jit(jax.grad(lambda f: rtjax.rot_loss(f, y, epsilon=0.01, differentiation="implicit")))
+
+  def ott_transport_cost(f):
+    cost = rtjax.pairwise_distance(f / jnp.mean(jnp.linalg.norm(f, axis=1)))
+    geom = geometry.Geometry(cost_matrix=jnp.where(jnp.eye(100, dtype=bool), 999.0, cost), epsilon=0.01)
+    solver = sinkhorn.Sinkhorn(threshold=1e-4, implicit_diff=implicit_differentiation.ImplicitDiff())
+    return jnp.sum(cost * solver(linear_problem.LinearProblem(geom)).matrix)
   with pytest.raises(Exception, match="non-finite"):
-    jax.block_until_ready(implicit(z))
+    jax.block_until_ready(jax.jit(jax.grad(ott_transport_cost))(z))
   step = jax.jit(jax.value_and_grad(
-      lambda f: rtjax.rot_loss_with_diagnostics(f, y, epsilon=0.01, differentiation=differentiation),
-      has_aux=True))
+      lambda f: rtjax.rot_loss(f, y, epsilon=0.01, return_diagnostics=True), has_aux=True))
   (value, info), grad = step(z)
   assert bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
-  assert info.converged.dtype == jnp.bool_
-  assert int(info.feature_transport.iterations) > 0
-  assert bool(info.feature_transport.finite) and bool(info.target_transport.finite)
+  assert info.converged.dtype == jnp.bool_ and int(info.feature.iterations) > 0
+  assert bool(info.feature.finite) and bool(info.target.finite)
+
+
+def _avals(jaxpr):
+  """Shapes of every variable of a (closed) jaxpr, sub-jaxprs of loops and calls included."""
+  for eqn in jaxpr.eqns:
+    yield from (v.aval.shape for v in eqn.outvars)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _avals(inner)
+
+
+def test_blocked_path_never_materialises_an_n_by_n_array():
+  n, block = 96, 16
+  z, y = random_problem(0, n, 8, 1)
+  fn = lambda f, b: rtjax.rot_loss(f, jnp.asarray(y, jnp.float32), block_size=b)
+  shapes = set(_avals(jax.make_jaxpr(jax.value_and_grad(fn), static_argnums=1)(jnp.asarray(z, jnp.float32), block).jaxpr))
+  assert (block, n) in shapes  # the blocks are there...
+  assert not [s for s in shapes if sum(dim >= n for dim in s) >= 2]  # ...and nothing [n, n]-like
+  dense = set(_avals(jax.make_jaxpr(jax.grad(fn), static_argnums=1)(jnp.asarray(z, jnp.float32), None).jaxpr))
+  assert (n, n) in dense  # the check can fail: it sees the dense path's matrices
 
 
 @pytest.mark.parametrize("features, targets, message", [
@@ -181,27 +230,24 @@ def test_errors(features, targets, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(epsilon=0.0), "epsilon"), (dict(epsilon=-0.1), "epsilon"),
-    (dict(differentiation="autodiff"), "differentiation"), (dict(max_iter=3), "Unknown solver option"),
+    (dict(epsilon=0.0), "`epsilon` must be positive"), (dict(epsilon=-0.1), "`epsilon` must be positive"),
+    (dict(diagonal_cost=-1.0), "`diagonal_cost` must be positive"),
+    (dict(block_size=0), "`block_size` must be a positive integer or None, got 0"),
+    (dict(block_size=2.5), "`block_size` must be a positive integer or None, got 2.5"),
+    (dict(init=jnp.zeros(5)), "`init` must be an rtjax.RotPotentials .* or None, got ArrayImpl"),
+    (dict(init=rtjax.RotPotentials.zeros(4)), r"`init` potentials must have shape \(5,\), got \(4,\)"),
+    (dict(solver=dict(threshold=1e-3)), "`solver` must be an rtjax.SolverOptions or None, got dict"),
 ])
 def test_option_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
     rtjax.rot_loss(jnp.ones((5, 3)), jnp.arange(5.0), **kwargs)
 
 
-def test_pairwise_distance_both_paths_match_explicit_differences(x64, monkeypatch):
-  x = np.random.default_rng(13).normal(size=(30, 5)) + 3.0  # offset cloud: cancellation-prone
-  expected = distances(x)
-  np.testing.assert_allclose(rtjax.pairwise_distance(jnp.asarray(x)), expected, rtol=1e-10)
-  monkeypatch.setattr(rtjax.rot, "EXPLICIT_DIFFERENCES_MAX_ELEMENTS", 0)  # force the expanded form
-  np.testing.assert_allclose(rtjax.pairwise_distance(jnp.asarray(x)), expected, rtol=1e-8)
-
-
-def test_float32_gradient_of_one_dimensional_features():
-  """Scalar features in [0, 1]: explicit differences give 2.7e-5; the expanded distance form gave
-  1.5e-4 with centring and 3.5e-2 (n = 100) without."""
-  rng = np.random.default_rng(14)
-  z, y = rng.uniform(0, 1, size=(40, 1)), rng.uniform(0, 1, size=40)
-  grad = finite_difference_grad(lambda zz: reference_loss(zz, y, 0.1), z)
-  ours = jax.grad(rtjax.rot_loss)(jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32))
-  assert relative_error(ours, grad) <= 1e-4
+def test_prepared_targets_errors():
+  prepared = rtjax.prepare_targets(jnp.arange(5.0))
+  with pytest.raises(ValueError, match=r"\['epsilon', 'block_size'\] must not be given with prepared"):
+    rtjax.rot_loss(jnp.ones((5, 3)), prepared, epsilon=0.1, block_size=2)
+  with pytest.raises(ValueError, match="same number of samples"):
+    rtjax.rot_loss(jnp.ones((6, 3)), prepared)
+  with pytest.raises(ValueError, match=r"`init` must be a potential of shape \(5,\), got \(3,\)"):
+    rtjax.prepare_targets(jnp.arange(5.0), init=jnp.zeros(3))

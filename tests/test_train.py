@@ -28,10 +28,8 @@ def test_train_step_single_trace_and_progress():
   assert bool(jnp.any(state.ot_potentials.feature != 0))  # the last solve's potentials are carried
 
 
-def test_warm_start_is_off_for_unrolled_differentiation():
-  assert RotConfig(lam=1.0).warm_starts()
-  assert not RotConfig(lam=1.0, warm_start=False).warm_starts()
-  assert not RotConfig(lam=1.0, solver_options=dict(differentiation="unrolled")).warm_starts()
+def test_rot_config_is_hashable():
+  assert hash(RotConfig(lam=1.0)) == hash(RotConfig(lam=1.0))
 
 
 def test_without_regulariser_the_loss_is_the_task_loss():

@@ -1,4 +1,4 @@
-"""Dense (pixel-wise) ROT: fixed-size sampling of valid pixels, reproducibility, scarce pixels."""
+"""Pixel-wise ROT: fixed-size sampling of valid pixels, reproducibility, scarce pixels, errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,21 +42,25 @@ def test_scarce_valid_pixels_repeat_valid_ones():
   assert set(idx.tolist()) == {3, 50, 77, 200, 299}
 
 
-def test_dense_loss_equals_rot_loss_on_the_drawn_pixels():
+def test_pixel_loss_equals_rot_loss_on_the_drawn_pixels():
   features, depth = _maps()
   key = jax.random.PRNGKey(5)
-  loss = rtjax.dense_rot_loss(features, depth, key, stride=4, num_pixels=50)
+  loss = rtjax.pixel_rot_loss(features, depth, key, stride=4, num_pixels=50)
   # The same draw, rebuilt by hand: stride-4 nearest downsampling, batch pooled, target > 1e-3.
   f = np.asarray(features)[:, ::4, ::4].reshape(-1, 6)
   t = np.asarray(depth)[:, ::4, ::4].reshape(-1)
   idx = np.asarray(rtjax.sample_valid_pixels(jnp.asarray(t > 1e-3), key, 50))
   assert np.all(t[idx] > 1e-3)
-  np.testing.assert_allclose(float(loss), reference_loss(f[idx], t[idx], 0.1), rtol=5e-3)
+  np.testing.assert_allclose(float(loss), reference_loss(f[idx], t[idx], 0.1), rtol=5e-4)
+  # Thousands of pixels in blocks: the same loss as dense.
+  blocked = rtjax.pixel_rot_loss(features, depth, key, stride=1, num_pixels=1200, block_size=256)
+  dense = rtjax.pixel_rot_loss(features, depth, key, stride=1, num_pixels=1200)
+  np.testing.assert_allclose(float(blocked), float(dense), rtol=1e-4)
 
 
-def test_dense_loss_reproducible_per_key_and_jittable():
+def test_pixel_loss_reproducible_per_key_and_jittable():
   features, depth = _maps(1)
-  fn = jax.jit(jax.value_and_grad(lambda f, k: rtjax.dense_rot_loss(f, depth, k, num_pixels=16)))
+  fn = jax.jit(jax.value_and_grad(lambda f, k: rtjax.pixel_rot_loss(f, depth, k, num_pixels=16)))
   v1, g1 = fn(features, jax.random.PRNGKey(0))
   v2, g2 = fn(features, jax.random.PRNGKey(0))
   v3, _ = fn(features, jax.random.PRNGKey(1))
@@ -69,10 +73,10 @@ def test_dense_loss_reproducible_per_key_and_jittable():
   assert float(jnp.abs(g1)[off_grid].sum()) == 0.0
 
 
-def test_dense_loss_with_scarce_and_no_valid_pixels():
+def test_pixel_loss_with_scarce_and_no_valid_pixels():
   features, depth = _maps(2, invalid_fraction=0.0)
   scarce = jnp.zeros_like(depth).at[0, :24:8, 0].set(5.0).at[1, 8, 8].set(2.0)  # 4 valid pixels
-  grad_fn = jax.jit(jax.value_and_grad(lambda f, d: rtjax.dense_rot_loss(f, d, jax.random.PRNGKey(0), num_pixels=20)))
+  grad_fn = jax.jit(jax.value_and_grad(lambda f, d: rtjax.pixel_rot_loss(f, d, jax.random.PRNGKey(0), num_pixels=20)))
   value, grad = grad_fn(features, scarce)
   assert bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
   on_valid = np.zeros(depth.shape, bool)
@@ -85,9 +89,9 @@ def test_dense_loss_with_scarce_and_no_valid_pixels():
 def test_vmap_over_keys():
   features, depth = _maps(3)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  values = jax.vmap(lambda k: rtjax.dense_rot_loss(features, depth, k, num_pixels=16))(keys)
+  values = jax.vmap(lambda k: rtjax.pixel_rot_loss(features, depth, k, num_pixels=16))(keys)
   for i in range(3):
-    np.testing.assert_allclose(values[i], rtjax.dense_rot_loss(features, depth, keys[i], num_pixels=16), rtol=1e-5)
+    np.testing.assert_allclose(values[i], rtjax.pixel_rot_loss(features, depth, keys[i], num_pixels=16), rtol=1e-5)
 
 
 @pytest.mark.parametrize("fshape, tshape, kwargs, message", [
@@ -96,7 +100,9 @@ def test_vmap_over_keys():
     ((2, 16, 16, 3), (2, 16, 8), {}, "share B, H, W"),
     ((1, 16, 16, 3), (1, 16, 16), dict(num_pixels=200), "num_pixels"),
     ((1, 16, 16, 3), (1, 16, 16), dict(stride=0), "stride"),
+    ((1, 16, 16, 3), (1, 16, 16), dict(num_pixels=4, epsilon=0.0), "`epsilon` must be positive"),
+    ((1, 16, 16, 3), (1, 16, 16), dict(num_pixels=4, block_size=-1), "`block_size` must be a positive integer"),
 ])
-def test_dense_errors(fshape, tshape, kwargs, message):
+def test_pixel_errors(fshape, tshape, kwargs, message):
   with pytest.raises(ValueError, match=message):
-    rtjax.dense_rot_loss(jnp.ones(fshape), jnp.ones(tshape), jax.random.PRNGKey(0), **kwargs)
+    rtjax.pixel_rot_loss(jnp.ones(fshape), jnp.ones(tshape), jax.random.PRNGKey(0), **kwargs)
