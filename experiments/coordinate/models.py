@@ -1,4 +1,4 @@
-"""MLP encoder + Multiple-Targets linear regressor (the coordinate-prediction network)."""
+"""The coordinate-prediction network: MLP encoder + Multiple-Targets linear regressor."""
 from __future__ import annotations
 
 from typing import Sequence

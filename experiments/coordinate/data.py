@@ -1,4 +1,4 @@
-"""Coordinate prediction (Zhang et al. 2024; paper Table 3): recover a 3-D point from noisy mixtures.
+"""Coordinate-prediction data (Zhang et al. 2024; paper Table 3): recover a 3-D point from noisy mixtures.
 
 The target y = (a, b, c) is a point on a shape; the input x [100] holds the four mixtures
 (a+b+c, a+b-c, a-b+c, -a+b+c) of the target point (columns 0-3) followed by the same mixtures of 24
@@ -7,7 +7,7 @@ next 100 validation, the rest test. Generated data are a pure function of the se
 """
 from __future__ import annotations
 
-import importlib.resources
+import pathlib
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -39,9 +39,11 @@ def _swiss_roll(rng: np.random.Generator, n: int) -> np.ndarray:
   return np.stack([t * np.cos(t), 21.0 * v, t * np.sin(t)], axis=1)
 
 
+MAMMOTH = pathlib.Path(__file__).with_name("mammoth_3d.npy")  # 10,000 points [10000, 3], float64
+
+
 def _mammoth_cloud() -> np.ndarray:
-  with importlib.resources.files("rtjax.data").joinpath("mammoth_3d.npy").open("rb") as f:
-    return np.load(f)
+  return np.load(MAMMOTH)
 
 
 def _shape_sampler(name: str, rng: np.random.Generator) -> Callable[[int], np.ndarray]:

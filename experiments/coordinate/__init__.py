@@ -1,0 +1,1 @@
+"""Coordinate prediction (paper Table 3): `python -m experiments.coordinate` (see main.py)."""

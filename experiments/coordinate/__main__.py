@@ -1,0 +1,5 @@
+import sys
+
+from experiments.coordinate.main import run
+
+sys.exit(run())

@@ -1,4 +1,0 @@
-"""Networks."""
-from rtjax.models.mlp import MLPRegressor
-
-__all__ = ["MLPRegressor"]
