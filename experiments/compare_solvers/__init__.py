@@ -1,0 +1,1 @@
+"""OT solver comparison on ROT's self-transport problems: `python -m experiments.compare_solvers` (see main.py)."""
