@@ -15,13 +15,24 @@ holds more than one [block, n] slice (memory O(n (d + block))).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Layout", "MatrixCost", "PointCost", "point_cost", "MIN_SQ_DISTANCE", "cross_distance", "layout", "pairwise_distance",
-           "power_of_two_scale", "row_map"]
+__all__ = [
+  "MIN_SQ_DISTANCE",
+  "Layout",
+  "MatrixCost",
+  "PointCost",
+  "cross_distance",
+  "layout",
+  "pairwise_distance",
+  "point_cost",
+  "power_of_two_scale",
+  "row_map",
+]
 
 # Distances are sqrt(max(d^2, MIN_SQ_DISTANCE)), as in the published code: finite gradient at 0.
 MIN_SQ_DISTANCE = 1e-12
@@ -145,7 +156,7 @@ class PointCost:
     return cls(*children, *aux)
 
   @classmethod
-  def of(cls, x: jax.Array, lay: Layout, diagonal_cost: float) -> "PointCost":
+  def of(cls, x: jax.Array, lay: Layout, diagonal_cost: float) -> PointCost:
     """The cost of points x [n, d]; the shift and scale carry no gradient (distances do not change)."""
     x = x - jax.lax.stop_gradient(jnp.mean(x, axis=0))
     scale = power_of_two_scale(x)

@@ -5,13 +5,15 @@ Each copy is regressed on the same target with the task loss; the prediction is 
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from rtjax import _checks
+
+__all__ = ["MultiTargetHead", "mt_loss", "mt_predict"]
 
 ElementwiseLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -49,7 +51,7 @@ def _check_pred(pred) -> None:
   _checks.require_rank("pred", pred, range(2, 64), "[..., M, k] (M target copies of dimension k)")
 
 
-def mt_loss(pred: jax.Array, targets: jax.Array, *, loss: Union[str, ElementwiseLoss] = "mse") -> jax.Array:
+def mt_loss(pred: jax.Array, targets: jax.Array, *, loss: str | ElementwiseLoss = "mse") -> jax.Array:
   """Task loss over all M copies: mean over batch, copies and target dims of loss(pred, y).
 
   Args:

@@ -15,9 +15,8 @@ order. Costs are served in row blocks (`block_size`), so large batches never bui
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +38,7 @@ class RotPotentials(NamedTuple):
   feature: jax.Array
 
   @classmethod
-  def zeros(cls, n: int, dtype=jnp.float32) -> "RotPotentials":
+  def zeros(cls, n: int, dtype=jnp.float32) -> RotPotentials:
     """The cold start (what `init=None` means)."""
     return cls(jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
 

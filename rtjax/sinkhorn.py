@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,7 @@ class SolverOptions:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
       raise ValueError(f"`newton_below` must be a number >= 0 (0: no Newton steps), got {value!r}.")
 
-  def replace(self, **overrides) -> "SolverOptions":
+  def replace(self, **overrides) -> SolverOptions:
     """A copy with `overrides` applied; unknown names raise a ValueError listing the valid ones."""
     fields = {f.name for f in dataclasses.fields(self)}
     unknown = sorted(set(overrides) - fields)

@@ -13,7 +13,8 @@ prepared target plan (`fixed_targets=True`), solved once instead of at every ste
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -44,7 +45,7 @@ class RotConfig:
   """
   lam: float = 0.0
   epsilon: float = 0.1
-  solver: SolverOptions = SolverOptions()
+  solver: SolverOptions = SolverOptions()  # noqa: RUF009 - frozen, hashable: a shared default is safe
   warm_start: bool = True
   fixed_targets: bool = False
 
@@ -55,20 +56,23 @@ class OtCarry(NamedTuple):
   targets: RotTargets | None
 
 
+NO_OT = OtCarry(None, None)
+
+
 class TrainState(NamedTuple):
   params: Any
   opt_state: Any
-  ot: OtCarry = OtCarry(None, None)
+  ot: OtCarry = NO_OT
 
 
 def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "mse") -> Callable:
-  """(params, batch, ot=OtCarry(None, None), lam=None, epsilon=None) -> (loss, metrics).
+  """(params, batch, ot=NO_OT, lam=None, epsilon=None) -> (loss, metrics).
 
   `lam` and `epsilon` override the config's values (arrays are fine: one compiled step serves a sweep).
   With ROT on, metrics hold "rot", "ot_converged", "ot_iterations" and "ot" (the `OtCarry` for the
   next step).
   """
-  def loss_fn(params, batch: Batch, ot: OtCarry = OtCarry(None, None), lam=None, epsilon=None):
+  def loss_fn(params, batch: Batch, ot: OtCarry = NO_OT, lam=None, epsilon=None):
     x, y = batch
     pred, features = model.apply(params, x)
     task = mt_loss(pred, y, loss=task_loss)
@@ -109,7 +113,7 @@ def init_train_state(params, optimizer: optax.GradientTransformation, loss_fn: C
   targets = None
   if rot is not None and rot.fixed_targets:
     targets = prepare_targets(batch[1], epsilon=rot.epsilon if epsilon is None else epsilon, solver=rot.solver)
-  ot = OtCarry(None, targets)
+  ot = NO_OT._replace(targets=targets)
   _, metrics = jax.eval_shape(loss_fn, params, batch, ot, *(() if epsilon is None else (None, epsilon)))
   zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
   carry = metrics.get("ot")

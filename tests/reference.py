@@ -9,7 +9,6 @@ import functools
 
 import numpy as np
 
-
 _WARM_START: dict = {}  # last potentials per (n, epsilon): finite differences start next to the solution
 
 

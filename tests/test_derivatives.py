@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import distance_cost, random_problem
+from reference import finite_difference_grad, relative_error, sinkhorn_plan
+from reference import rot_loss as reference_loss
 
 import rtjax
-from problems import distance_cost, random_problem
-from reference import finite_difference_grad, relative_error, rot_loss as reference_loss, sinkhorn_plan
 
 TIGHT = rtjax.SolverOptions(threshold=1e-13, max_iterations=20_000, linear_solve_tolerance=1e-13)
 # seed, n, d, k, epsilon
@@ -23,7 +24,7 @@ def _fd(fn, x, h):
   return (fn(x + h) - fn(x - h)) / (2 * h)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_epsilon_grad(seed, n, d, k, epsilon):
   z, y = random_problem(seed, n, d, k)
   return _fd(lambda e: reference_loss(z, y, e), epsilon, 1e-6)
@@ -119,7 +120,7 @@ def test_self_transport_hessian_vector_product(x64, symmetric):
   assert relative_error(hvp, expected) <= 1e-4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_grad(z_bytes, shape, y_bytes, yshape, epsilon):
   z, y = np.frombuffer(z_bytes).reshape(shape), np.frombuffer(y_bytes).reshape(yshape)
   return finite_difference_grad(lambda zz: reference_loss(zz, y, epsilon), z, h=1e-5)
@@ -171,7 +172,7 @@ def test_gradient_penalty_gradient(x64):
   ours = jax.jit(jax.grad(lambda f: jnp.sum(jax.grad(loss)(f) ** 2)))(jnp.asarray(z))
   for s in range(3):
     direction = np.random.default_rng(10 + s).normal(size=z.shape)
-    fd = _fd(lambda t: float(penalty(jnp.asarray(z + t * direction))), 0.0, 1e-5)
+    fd = _fd(lambda t, v=direction: float(penalty(jnp.asarray(z + t * v))), 0.0, 1e-5)
     np.testing.assert_allclose(float(jnp.vdot(ours, direction)), fd, rtol=1e-5)
 
 
@@ -197,8 +198,9 @@ def test_loss_is_invariant_to_feature_and_target_scale_x64(x64):
   np.testing.assert_allclose(base, reference_loss(z, y, 0.1), rtol=1e-10)
   fn = jax.jit(lambda f, t: rtjax.rot_loss(f, t, solver=TIGHT))
   for s in SCALES:
-    np.testing.assert_allclose(float(fn(jnp.asarray(s * z), jnp.asarray(y))), base, rtol=1e-10, err_msg=f"features x {s}")
-    np.testing.assert_allclose(float(fn(jnp.asarray(z), jnp.asarray(s * y))), base, rtol=1e-10, err_msg=f"targets x {s}")
+    for name, feats, targs in (("features", s * z, y), ("targets", z, s * y)):
+      np.testing.assert_allclose(float(fn(jnp.asarray(feats), jnp.asarray(targs))), base, rtol=1e-10,
+                                 err_msg=f"{name} x {s}")
 
 
 @pytest.mark.parametrize("block_size", BLOCKS)

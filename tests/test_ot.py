@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
-
-import rtjax
 from problems import distance_cost
 from reference import sinkhorn_plan
+
+import rtjax
 
 TIGHT = rtjax.SolverOptions(threshold=1e-12, max_iterations=20_000, linear_solve_tolerance=1e-12)
 

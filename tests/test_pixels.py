@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import rot_loss as reference_loss
 
 import rtjax
-from reference import rot_loss as reference_loss
 
 
 def _maps(seed=0, b=2, h=32, w=32, c=6, invalid_fraction=0.3):

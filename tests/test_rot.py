@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
+from problems import random_problem
+from reference import distances, finite_difference_grad, normalized_target_cost, relative_error
+from reference import rot_loss as reference_loss
 
 import rtjax
-from problems import random_problem
-from reference import (distances, finite_difference_grad, normalized_target_cost, relative_error,
-                       rot_loss as reference_loss)
 
 TIGHT = rtjax.SolverOptions(threshold=1e-12, max_iterations=20_000, linear_solve_tolerance=1e-12)
 # seed, n, d, k, epsilon. Some seeds make the float64 reference Sinkhorn converge very slowly at
@@ -21,7 +21,7 @@ PROBLEMS = [(0, 10, 4, 1, 0.1), (1, 16, 3, 3, 0.1), (6, 16, 4, 1, 0.05), (3, 12,
 BLOCKS = [None, 5]  # dense, and blocks of 5 rows (the last one padded)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(seed, n, d, k, epsilon):
   """Problem, float64 reference loss and finite-difference gradient (computed once per session)."""
   z, y = random_problem(seed, n, d, k)
@@ -208,7 +208,8 @@ def test_blocked_path_never_materialises_an_n_by_n_array():
   n, block = 96, 16
   z, y = random_problem(0, n, 8, 1)
   fn = lambda f, b: rtjax.rot_loss(f, jnp.asarray(y, jnp.float32), block_size=b)
-  shapes = set(_avals(jax.make_jaxpr(jax.value_and_grad(fn), static_argnums=1)(jnp.asarray(z, jnp.float32), block).jaxpr))
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(fn), static_argnums=1)(jnp.asarray(z, jnp.float32), block).jaxpr
+  shapes = set(_avals(jaxpr))
   assert (block, n) in shapes  # the blocks are there...
   assert not [s for s in shapes if sum(dim >= n for dim in s) >= 2]  # ...and nothing [n, n]-like
   dense = set(_avals(jax.make_jaxpr(jax.grad(fn), static_argnums=1)(jnp.asarray(z, jnp.float32), None).jaxpr))

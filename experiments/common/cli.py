@@ -7,7 +7,7 @@ import argparse
 import os
 import pathlib
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 def positive_int(text: str) -> int:

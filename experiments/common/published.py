@@ -1,13 +1,13 @@
 """The authors' published formulation of L_ot (PyTorch + POT), as a peer for benchmarks and comparisons.
 
-DESIGN §2: features normalised by their mean norm, C_Z Euclidean, C_Y Euclidean / max, both + 999 I,
-T = POT `ot.sinkhorn` (kernel-mode Sinkhorn-Knopp, numItermax=1000, stopThr=1e-9), T_Y detached,
-autograd through T_Z's iterations, L = |<C_Z, T_Y> - <C_Z, T_Z>|. Needs `torch` and `pot`; both are
-imported only when a function here is called.
+As in docs/design.md ("The maths"): features normalised by their mean norm, C_Z Euclidean, C_Y
+Euclidean / max, both + 999 I, T = POT `ot.sinkhorn` (kernel-mode Sinkhorn-Knopp, numItermax=1000,
+stopThr=1e-9), T_Y detached, autograd through T_Z's iterations, L = |<C_Z, T_Y> - <C_Z, T_Z>|.
+Needs `torch` and `pot`; both are imported only when a function here is called.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

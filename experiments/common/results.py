@@ -16,7 +16,8 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 RUNS = pathlib.Path("runs")  # default output root (git-ignored): committed results change only on purpose
 
@@ -34,6 +35,9 @@ def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
   os.close(fd)
   try:
     yield pathlib.Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

@@ -8,7 +8,8 @@ next 100 validation, the rest test. Generated data are a pure function of the se
 from __future__ import annotations
 
 import pathlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 

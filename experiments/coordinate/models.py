@@ -1,7 +1,7 @@
 """The coordinate-prediction network: MLP encoder + Multiple-Targets linear regressor."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

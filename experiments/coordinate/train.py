@@ -16,7 +16,8 @@ import functools
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ def prediction_mse(model, params, batch: Batch) -> jax.Array:
   return jnp.mean(jnp.square(mt_predict(model.apply(params, x)[0]) - y))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def program(num_targets: int, with_ot: bool, protocol: Protocol) -> Program:
   """The compiled functions of one network structure (compiled on first use, once per data shape)."""
   model = MLPRegressor(num_targets=num_targets)

@@ -7,7 +7,8 @@ import stat
 import numpy as np
 import pytest
 
-from experiments.coordinate import configs, main as experiment, train
+from experiments.coordinate import configs, train
+from experiments.coordinate import main as experiment
 from experiments.coordinate.data import DATASETS, coordinate_dataset, load_npz, mix_coordinates, sample_shape, split
 
 SHORT = dataclasses.replace(configs.Protocol(), epochs=20, eval_every=10, seeds=2)
@@ -199,7 +200,8 @@ def test_results_are_saved_per_unit_and_resume_skips_them(tmp_path, monkeypatch)
   first = json.loads((tmp_path / "out" / "results.json").read_text())
   trained = []
   original = train.fit
-  monkeypatch.setattr(train, "fit", lambda data, unit, *a, **k: trained.append(unit.method) or original(data, unit, *a, **k))
+  monkeypatch.setattr(train, "fit",
+                      lambda data, unit, *a, **k: trained.append(unit.method) or original(data, unit, *a, **k))
   report = _short_run(tmp_path, "--methods", "baseline,mt,ot", "--resume")
   assert trained == ["ot"]  # baseline and mt came from the earlier run
   assert report["results"]["torus"]["baseline"] == first["results"]["torus"]["baseline"]
