@@ -151,11 +151,10 @@ class _Jacobian(NamedTuple):
     return jnp.where(mutual, pair, r / self.mass)
 
 
-def _row_stats(t: jax.Array, ids) -> tuple[jax.Array, ...]:
+def _row_stats(t: jax.Array) -> tuple[jax.Array, ...]:
   """(T 1, argmax, max, T 1 - max) of plan rows t [b, padded], by plain reductions (XLA's argmax is
   slow on CPU). `rest` only shapes the preconditioner, so its cancellation is harmless; it is kept
   positive so that the preconditioner stays positive definite."""
-  del ids
   mass, weight = jnp.sum(t, axis=1), jnp.max(t, axis=1)
   cols = jnp.arange(t.shape[1])
   partner = jnp.min(jnp.where(t == weight[:, None], cols[None, :], t.shape[1]), axis=1)
@@ -206,7 +205,7 @@ def _sinkhorn(cost, epsilon, f: jax.Array, options: SolverOptions) -> tuple[jax.
     return jnp.sum(jnp.abs(jnp.exp((f - u) / epsilon + log_p) - jnp.exp(log_p)))
 
   def newton(f, u, err):  # solve H d = -eps (T 1 - p), inexactly (relative residual <= error)
-    stats = row_map(lambda ids: _row_stats(plan_rows(cost, f, epsilon, ids), ids), lay)
+    stats = row_map(lambda ids: _row_stats(plan_rows(cost, f, epsilon, ids)), lay)
     jac = _jacobian(stats, cost, f, epsilon)
     tolerance = jnp.clip(err, jnp.finfo(dtype).eps, 1e-2)
     return f + _cg(jac, -epsilon * (jac.mass - jnp.exp(log_p)), tolerance, options.linear_solve_max_iterations)
@@ -293,7 +292,7 @@ def _implicit_potential_jvp(tolerance, max_iterations, primals, tangents):
       rhs = rhs + jnp.sum(t * c_dot, axis=1)
     if with_epsilon:
       rhs = rhs + jnp.sum(t * a, axis=1) * (epsilon_dot / epsilon)
-    return _row_stats(t, ids), rhs
+    return _row_stats(t), rhs
 
   stats, rhs = row_map(row_terms, cost.lay)
   jac = _jacobian(stats, cost, f, epsilon)

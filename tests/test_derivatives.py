@@ -135,8 +135,7 @@ def _reference_hvp(z, y, v, epsilon, h=1e-3):
   return (4 * central(h / 2) - central(h)) / 3
 
 
-@pytest.mark.parametrize("diagonal_cost", DIAGONALS)
-@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("diagonal_cost, block_size", [(999.0, None), (float("inf"), None), (float("inf"), 5)])
 def test_rot_loss_hessian_vector_products_match_reference(x64, diagonal_cost, block_size):
   seed, n, d, k, epsilon = PROBLEMS[0]
   z, y = random_problem(seed, n, d, k)

@@ -121,6 +121,7 @@ def test_errors(cost, kwargs, message):
     (dict(threshold=0.0), "`threshold` must be a positive number"),
     (dict(linear_solve_tolerance=-1.0), "`linear_solve_tolerance` must be a positive number"),
     (dict(linear_solve_max_iterations=0), "`linear_solve_max_iterations` must be an integer >= 1"),
+    (dict(newton_below=-1.0), r"`newton_below` must be a number >= 0 \(0: no Newton steps\)"),
 ])
 def test_solver_option_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -128,3 +129,16 @@ def test_solver_option_errors(kwargs, message):
   with pytest.raises(ValueError, match="Unknown solver option"):
     rtjax.SolverOptions().replace(tolerance=1e-3)
   assert hash(rtjax.SolverOptions()) == hash(rtjax.SolverOptions())  # static under jit
+
+
+def test_newton_steps_and_sinkhorn_alone_reach_the_same_plan_newton_in_fewer_iterations(x64):
+  """At small epsilon the symmetric Sinkhorn iteration crawls near a matching; Newton steps do not."""
+  cost = jnp.asarray(distance_cost(7, 40))
+  solve = lambda newton_below: rtjax.self_transport(
+      cost, epsilon=0.02, symmetric=True,
+      solver=rtjax.SolverOptions(threshold=1e-10, max_iterations=50_000, newton_below=newton_below))
+  newton, sinkhorn_only = solve(1e-2), solve(0.0)
+  assert bool(newton.info.converged) and bool(sinkhorn_only.info.converged)
+  np.testing.assert_allclose(newton.plan, sinkhorn_only.plan, atol=1e-10)
+  np.testing.assert_allclose(newton.plan, sinkhorn_plan(np.asarray(cost), 0.02, warm_start=False), atol=1e-10)
+  assert 5 * int(newton.info.iterations) < int(sinkhorn_only.info.iterations)

@@ -94,8 +94,8 @@ def test_prepared_targets_give_the_same_loss_and_gradient(x64):
   np.testing.assert_allclose(v2, reference_loss(z, y, 0.05), rtol=1e-9)
 
 
-@pytest.mark.parametrize("seed, n, d, k, epsilon", PROBLEMS)
-@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("seed, n, d, k, epsilon, block_size",
+                         [(*p, None) for p in PROBLEMS] + [(*PROBLEMS[2], 5)])
 def test_warm_start_keeps_value_and_gradient_and_saves_iterations(seed, n, d, k, epsilon, block_size):
   """Start from the potentials of a perturbed batch (a previous training step): the float32 default
   still matches the float64 reference, in fewer iterations than a cold start."""

@@ -27,14 +27,17 @@ def _problem():
   return x, x[:, :3] * 2.0
 
 
+def _setup(rot: RotConfig, optimizer):
+  """(batch, initial state, jitted step that may be traced once) for the Regressor on _problem()."""
+  model, batch = Regressor(), _problem()
+  loss_fn = make_loss_fn(model, rot)
+  state = init_train_state(model.init(jax.random.PRNGKey(1), batch[0]), optimizer, loss_fn, batch, rot)
+  return batch, state, jax.jit(chex.assert_max_traces(make_train_step(loss_fn, optimizer), n=1))
+
+
 def test_train_step_single_trace_and_progress():
-  model, (x, y) = Regressor(), _problem()
-  params = model.init(jax.random.PRNGKey(1), x)
-  optimizer = optax.adam(1e-2)
-  loss_fn = make_loss_fn(model, RotConfig(lam=1.0))
-  state = init_train_state(params, optimizer, loss_fn, (x, y))
+  (x, y), state, step = _setup(RotConfig(lam=1.0), optax.adam(1e-2))
   assert state.ot.potentials.feature.shape == (32,) and not bool(jnp.any(state.ot.potentials.feature))
-  step = jax.jit(chex.assert_max_traces(make_train_step(loss_fn, optimizer), n=1))
   losses = []
   for _ in range(30):
     state, metrics = step(state, (x, y))
@@ -46,16 +49,10 @@ def test_train_step_single_trace_and_progress():
 
 
 def test_fixed_targets_are_prepared_once_and_give_the_same_step():
-  model, (x, y) = Regressor(), _problem()
-  params = model.init(jax.random.PRNGKey(1), x)
-  optimizer = optax.sgd(1e-2)
   losses = {}
   for fixed in (False, True):
-    rot = RotConfig(lam=1.0, epsilon=0.05, fixed_targets=fixed)
-    loss_fn = make_loss_fn(model, rot)
-    state = init_train_state(params, optimizer, loss_fn, (x, y), rot)
+    (x, y), state, step = _setup(RotConfig(lam=1.0, epsilon=0.05, fixed_targets=fixed), optax.sgd(1e-2))
     assert (state.ot.targets is not None) == fixed
-    step = jax.jit(make_train_step(loss_fn, optimizer))
     for _ in range(3):
       state, metrics = step(state, (x, y))
     losses[fixed] = float(metrics["loss"])
@@ -63,12 +60,7 @@ def test_fixed_targets_are_prepared_once_and_give_the_same_step():
 
 
 def test_lambda_and_epsilon_per_call_share_one_compilation():
-  model, (x, y) = Regressor(), _problem()
-  params = model.init(jax.random.PRNGKey(1), x)
-  optimizer = optax.sgd(1e-2)
-  loss_fn = make_loss_fn(model, RotConfig(lam=1.0))
-  state = init_train_state(params, optimizer, loss_fn, (x, y))
-  step = jax.jit(chex.assert_max_traces(make_train_step(loss_fn, optimizer), n=1))
+  (x, y), state, step = _setup(RotConfig(lam=1.0), optax.sgd(1e-2))
   _, m1 = step(state, (x, y), lam=jnp.float32(1.0), epsilon=jnp.float32(0.1))
   _, m2 = step(state, (x, y), lam=jnp.float32(10.0), epsilon=jnp.float32(0.1))
   np.testing.assert_allclose(float(m2["loss"] - m2["task"]), 10 * float(m1["loss"] - m1["task"]), rtol=1e-5)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 import time
 
 import jax
@@ -177,8 +176,4 @@ def main(argv=None) -> dict:
 
 def run(argv=None) -> int:
   """The command line: exit status 0, or 1 if a recorded number is non-finite."""
-  report = main(argv)
-  if report.get("nonfinite"):
-    print(f"non-finite values (written as null): {', '.join(report['nonfinite'])}", file=sys.stderr)
-    return 1
-  return 0
+  return cli.exit_status(main(argv))

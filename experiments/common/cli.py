@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
@@ -62,3 +63,12 @@ def check_out_dir(parser: argparse.ArgumentParser, path: pathlib.Path) -> pathli
   except OSError as e:
     parser.error(f"--out {path}: cannot write there ({e.strerror or e})")
   return path
+
+
+def exit_status(report: dict) -> int:
+  """A command's exit status: 1 if the report holds non-finite numbers (written as null; listed on
+  stderr), else 0."""
+  if report.get("nonfinite"):
+    print(f"non-finite values (written as null): {', '.join(report['nonfinite'])}", file=sys.stderr)
+    return 1
+  return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
-import sys
 import time
 
 import numpy as np
@@ -177,8 +176,4 @@ def main(argv=None) -> dict:
 
 def run(argv=None) -> int:
   """The command line: exit status 0, or 1 if the report holds a non-finite number (see above)."""
-  report_ = main(argv)
-  if report_["nonfinite"]:
-    print(f"non-finite values (written as null): {', '.join(report_['nonfinite'])}", file=sys.stderr)
-    return 1
-  return 0
+  return cli.exit_status(main(argv))

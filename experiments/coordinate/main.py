@@ -233,8 +233,4 @@ def merge(dirs, out: pathlib.Path) -> dict:
 
 def run(argv=None) -> int:
   """The command line: exit status 0, or 1 if a reported metric is non-finite."""
-  report_ = main(argv)
-  if report_.get("nonfinite"):
-    print(f"non-finite values (written as null): {', '.join(report_['nonfinite'])}", file=sys.stderr)
-    return 1
-  return 0
+  return cli.exit_status(main(argv))

@@ -28,6 +28,7 @@ def quick(tmp_path_factory):
   return bench.main(["--quick", "--budget", "0", "--out", str(out)]), out
 
 
+@pytest.mark.slow  # one shared --quick run: ~1 min of compilation
 def test_quick_benchmark_writes_results_with_accurate_gradients(quick):
   report, out = quick
   saved = results.read_results(out)
@@ -52,6 +53,7 @@ def test_quick_benchmark_writes_results_with_accurate_gradients(quick):
   assert all(p["median_ms"] > 0 and p["compute_floor_ms"] is None for p in saved["passes"])  # no card here
 
 
+@pytest.mark.slow  # one shared --quick run: ~1 min of compilation
 def test_clustered_kind_has_accurate_rtjax_gradients(quick):
   report, _ = quick
   clustered = [r for r in report["rows"] if r["kind"] == "clustered" and r["method"].startswith("rtjax")]
@@ -62,6 +64,7 @@ def test_clustered_kind_has_accurate_rtjax_gradients(quick):
 
 
 @pytest.mark.skipif(not published.available(), reason="torch or POT not installed")
+@pytest.mark.slow  # one shared --quick run: ~1 min of compilation
 def test_torch_rows_are_timed_at_each_thread_count_and_keep_the_faster(quick):
   report, _ = quick
   peers = [r for r in report["rows"] if r["method"] in rows.TORCH_CONFIGS]

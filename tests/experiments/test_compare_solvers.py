@@ -181,6 +181,7 @@ def test_an_interrupted_run_leaves_a_valid_partial_report(tmp_path, monkeypatch)
   assert "Partial run" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow  # ~1 min
 def test_quick_comparison_end_to_end(tmp_path):
   # One kind and one timed call (compilation dominates): the quick grid's other settings, in ~1 min.
   argv = ["--quick", "--kinds", "features", "--repeats", "1", "--no-progress", "--out", str(tmp_path)]

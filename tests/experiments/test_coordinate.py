@@ -129,6 +129,7 @@ def _short_run(tmp_path, *extra, out="out"):
                           "--out", str(tmp_path / out), *extra])
 
 
+@pytest.mark.slow  # sweep, table, figure: ~20 s
 def test_experiment_end_to_end(tmp_path):
   npz = tmp_path / "own.npz"
   own = coordinate_dataset("torus", 5, num_points=260)
