@@ -135,10 +135,10 @@ def test_newton_steps_and_sinkhorn_alone_reach_the_same_plan_newton_in_fewer_ite
   """At small epsilon the symmetric Sinkhorn iteration crawls near a matching; Newton steps do not."""
   cost = jnp.asarray(distance_cost(7, 40))
   solve = lambda newton_below: rtjax.self_transport(
-      cost, epsilon=0.02, symmetric=True,
-      solver=rtjax.SolverOptions(threshold=1e-10, max_iterations=50_000, newton_below=newton_below))
+      cost, epsilon=0.05, symmetric=True,
+      solver=rtjax.SolverOptions(threshold=1e-9, max_iterations=50_000, newton_below=newton_below))
   newton, sinkhorn_only = solve(1e-2), solve(0.0)
   assert bool(newton.info.converged) and bool(sinkhorn_only.info.converged)
-  np.testing.assert_allclose(newton.plan, sinkhorn_only.plan, atol=1e-10)
-  np.testing.assert_allclose(newton.plan, sinkhorn_plan(np.asarray(cost), 0.02, warm_start=False), atol=1e-10)
+  np.testing.assert_allclose(newton.plan, sinkhorn_only.plan, atol=1e-9)
+  np.testing.assert_allclose(newton.plan, sinkhorn_plan(np.asarray(cost), 0.05, warm_start=False), atol=1e-9)
   assert 5 * int(newton.info.iterations) < int(sinkhorn_only.info.iterations)

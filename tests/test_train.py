@@ -32,6 +32,8 @@ def _setup(rot: RotConfig, optimizer):
   model, batch = Regressor(), _problem()
   loss_fn = make_loss_fn(model, rot)
   state = init_train_state(model.init(jax.random.PRNGKey(1), batch[0]), optimizer, loss_fn, batch, rot)
+  # chex counts traces per function id; a collected step's id can be reused by the next one.
+  chex.clear_trace_counter()
   return batch, state, jax.jit(chex.assert_max_traces(make_train_step(loss_fn, optimizer), n=1))
 
 
