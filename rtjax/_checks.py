@@ -46,3 +46,16 @@ def require_static_positive(name: str, value) -> None:
 def upcast(x: jax.Array) -> jax.Array:
   """bfloat16/float16 -> float32: the solvers need at least float32 precision."""
   return x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
+
+
+def require_key(name: str, key) -> None:
+  """Raises ValueError unless `key` is one PRNG key: a typed key of shape () or a raw uint32 key [2]."""
+  dtype, shape = getattr(key, "dtype", None), shape_of(key)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    ok = shape == ()
+  else:
+    ok = dtype == jnp.uint32 and len(shape) == 1
+  if not ok:
+    raise ValueError(f"`{name}` must be one jax.random key (jax.random.key(0) of shape (), or a raw uint32 "
+                     f"key such as jax.random.PRNGKey(0)), got dtype {dtype} with shape {shape}; vmap over a "
+                     "batch of keys.")

@@ -28,6 +28,7 @@ __all__ = [
   "PointCost",
   "cross_distance",
   "layout",
+  "normalize_rows",
   "pairwise_distance",
   "point_cost",
   "power_of_two_scale",
@@ -55,6 +56,24 @@ def power_of_two_scale(x: jax.Array) -> jax.Array:
   top = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
   _, exponent = jnp.frexp(top)  # top = m * 2^e with 0.5 <= m < 1
   return jnp.ldexp(jnp.ones_like(top), exponent)
+
+
+def normalize_rows(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x [..., d] -> x / max(||x||_2, eps) along the last axis, as torch.nn.functional.normalize(x, dim=-1).
+
+  The norm is s ||x / s|| with s an exact power of two near max |x| of the row (no gradient), so it
+  neither overflows nor underflows; a zero row has norm 0 with gradient 0 (torch's subgradient) and maps
+  to 0.
+  """
+  top = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+  top = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
+  _, exponent = jnp.frexp(top)  # top = m 2^e, 0.5 <= m < 1
+  scale = jnp.ldexp(jnp.ones_like(top), exponent - 1)  # <= top: finite even for the largest floats
+  y = x / scale
+  sq = jnp.sum(y * y, axis=-1, keepdims=True)
+  positive = sq > 0
+  norm = scale * jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  return x / jnp.maximum(norm, eps)
 
 
 def _clamped_distance(a: jax.Array, b: jax.Array) -> jax.Array:

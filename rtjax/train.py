@@ -9,6 +9,12 @@ The model returns (pred [n, M, k], features [n, d]) (e.g. an encoder followed by
 The state carries what makes consecutive ROT solves cheap: the last potentials (a warm start; the
 gradient does not depend on it) and, for full-batch training where the targets never change, the
 prepared target plan (`fixed_targets=True`), solved once instead of at every step.
+
+Other regularizers (the peers: RankSim, Ordinal Entropy, PH-Reg, ...) enter as `regularizer=`, a
+function (features, targets, key) -> [T] terms weighted by `regularizer_weights`; losses that a module
+computes itself (Information Dropout's KL term) are `sow`n into the "losses" collection and added.
+A state made with `key=` splits it at every step: one key for the model's "dropout" rng stream (the
+model is stochastic in training exactly when that stream exists), one for the regularizer.
 """
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ from rtjax.heads import mt_loss
 from rtjax.rot import RotPotentials, RotTargets, prepare_targets, rot_loss
 from rtjax.sinkhorn import SolverOptions
 
-__all__ = ["Batch", "OtCarry", "RotConfig", "TrainState", "init_train_state", "make_loss_fn", "make_train_step"]
+__all__ = ["Batch", "OtCarry", "Regularizer", "RotConfig", "TrainState", "init_train_state", "make_loss_fn",
+           "make_train_step"]
 
 Batch = tuple[jax.Array, jax.Array]  # (x [n, ...], y [n, k])
 
@@ -63,22 +70,52 @@ class TrainState(NamedTuple):
   params: Any
   opt_state: Any
   ot: OtCarry = NO_OT
+  key: jax.Array | None = None  # split at every step when given (dropout rngs, sampling regularizers)
 
 
-def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "mse") -> Callable:
-  """(params, batch, ot=NO_OT, lam=None, epsilon=None) -> (loss, metrics).
+Regularizer = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (features, targets, key) -> [T]
 
-  `lam` and `epsilon` override the config's values (arrays are fine: one compiled step serves a sweep).
-  With ROT on, metrics hold "rot", "ot_converged", "ot_iterations" and "ot" (the `OtCarry` for the
-  next step).
+
+def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "mse", *,
+                 regularizer: Regularizer | None = None, regularizer_weights=None) -> Callable:
+  """(params, batch, ot=NO_OT, lam=None, epsilon=None, key=None, reg_weights=None) -> (loss, metrics).
+
+  L = task + lam * L_ot + sum_t w_t * R_t(features, targets, key) + sum of the model's sown "losses".
+
+  Args:
+    model: returns (pred [n, M, k], features [n, d]).
+    rot: ROT-Reg settings (`lam=0` switches it off).
+    task_loss: "mse", "l1" or a callable, as in `mt_loss`.
+    regularizer: (features [n, d], targets [n, k], key) -> [T] (or []) terms, e.g. `rtjax.ph_reg_terms`.
+      It receives `key=None` when the loss is called without a key.
+    regularizer_weights: [T] (or []) default weights w of its terms.
+
+  `lam`, `epsilon` and `reg_weights` override the defaults per call (arrays are fine: one compiled step
+  serves a sweep). With ROT on, metrics hold "rot", "ot_converged", "ot_iterations" and "ot" (the
+  `OtCarry` for the next step); with a regularizer "regularizer" ([T] terms); with sown losses "sown".
   """
-  def loss_fn(params, batch: Batch, ot: OtCarry = NO_OT, lam=None, epsilon=None):
+  if regularizer is not None and regularizer_weights is None:
+    raise ValueError("`regularizer_weights` must be given with `regularizer` (the weights of its terms).")
+
+  def loss_fn(params, batch: Batch, ot: OtCarry = NO_OT, lam=None, epsilon=None, key=None, reg_weights=None):
     x, y = batch
-    pred, features = model.apply(params, x)
+    model_key, reg_key = (None, None) if key is None else jax.random.split(key)
+    rngs = {} if key is None else {"dropout": model_key}
+    # `model.init` returns what the model sowed at init too; applied with it, this step's losses would be
+    # appended to those.
+    variables = {k: v for k, v in params.items() if k != "losses"}
+    (pred, features), sown = model.apply(variables, x, rngs=rngs, mutable=["losses"])
     task = mt_loss(pred, y, loss=task_loss)
-    metrics = {"task": task}
+    metrics, loss = {"task": task}, task
+    if sown:
+      metrics["sown"] = sum(jnp.sum(leaf) for leaf in jax.tree.leaves(sown))
+      loss = loss + metrics["sown"]
+    if regularizer is not None:
+      weights = regularizer_weights if reg_weights is None else reg_weights
+      metrics["regularizer"] = regularizer(features, y, reg_key)
+      loss = loss + jnp.sum(jnp.asarray(weights) * metrics["regularizer"])
     if rot.lam == 0 and lam is None:
-      return task, metrics
+      return loss, metrics
     lam = rot.lam if lam is None else lam
     init = ot.potentials if rot.warm_start else None
     if ot.targets is not None:  # prepared (fixed targets): epsilon is theirs
@@ -88,7 +125,7 @@ def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "
                            solver=rot.solver, return_diagnostics=True)
     carry = OtCarry(info.potentials if rot.warm_start else None, ot.targets)
     metrics.update(rot=reg, ot_converged=info.converged, ot_iterations=info.feature.iterations, ot=carry)
-    return task + lam * reg, metrics
+    return loss + lam * reg, metrics
   return loss_fn
 
 
@@ -99,23 +136,28 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
   state has the same structure before and after a step (one compilation).
   """
   def step(state: TrainState, batch: Batch, **loss_kwargs):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, state.ot, **loss_kwargs)
+    key, step_key = (None, None) if state.key is None else jax.random.split(state.key)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, batch, state.ot, key=step_key, **loss_kwargs)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     ot = metrics.pop("ot", state.ot)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state, ot), dict(metrics, loss=loss)
+    new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, ot, key)
+    return new_state, dict(metrics, loss=loss)
   return step
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, loss_fn: Callable, batch: Batch,
-                     rot: RotConfig | None = None, epsilon=None) -> TrainState:
+                     rot: RotConfig | None = None, epsilon=None, key: jax.Array | None = None) -> TrainState:
   """Initial state: optimizer state, cold-start (zero) potentials shaped as loss_fn returns them, and,
-  with `rot.fixed_targets`, the prepared targets of `batch` (at `epsilon`, default rot.epsilon)."""
+  with `rot.fixed_targets`, the prepared targets of `batch` (at `epsilon`, default rot.epsilon).
+  `key` (a PRNG key) makes every step draw fresh randomness (dropout rngs, regularizer sampling)."""
   targets = None
   if rot is not None and rot.fixed_targets:
     targets = prepare_targets(batch[1], epsilon=rot.epsilon if epsilon is None else epsilon, solver=rot.solver)
   ot = NO_OT._replace(targets=targets)
-  _, metrics = jax.eval_shape(loss_fn, params, batch, ot, *(() if epsilon is None else (None, epsilon)))
+  args = (params, batch, ot) + (() if epsilon is None else (None, epsilon))
+  _, metrics = jax.eval_shape(lambda *a: loss_fn(*a, key=key), *args)
   zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
   carry = metrics.get("ot")
   potentials = None if carry is None else zeros(carry.potentials)
-  return TrainState(params, optimizer.init(params), OtCarry(potentials, targets))
+  return TrainState(params, optimizer.init(params), OtCarry(potentials, targets), key)

@@ -135,7 +135,8 @@ def _reference_hvp(z, y, v, epsilon, h=1e-3):
   return (4 * central(h / 2) - central(h)) / 3
 
 
-@pytest.mark.parametrize("diagonal_cost, block_size", [(999.0, None), (float("inf"), None), (float("inf"), 5)])
+@pytest.mark.parametrize("diagonal_cost, block_size", [(999.0, None), (float("inf"), None),
+                                                       pytest.param(float("inf"), 5, marks=pytest.mark.slow)])
 def test_rot_loss_hessian_vector_products_match_reference(x64, diagonal_cost, block_size):
   seed, n, d, k, epsilon = PROBLEMS[0]
   z, y = random_problem(seed, n, d, k)
@@ -175,7 +176,7 @@ def test_gradient_penalty_gradient(x64):
     np.testing.assert_allclose(float(jnp.vdot(ours, direction)), fd, rtol=1e-5)
 
 
-@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("block_size", [None, pytest.param(5, marks=pytest.mark.slow)])
 def test_forward_mode(x64, block_size):
   seed, n, d, k, epsilon = PROBLEMS[2]
   z, y = random_problem(seed, n, d, k)

@@ -42,6 +42,7 @@ def test_scarce_valid_pixels_repeat_valid_ones():
   assert set(idx.tolist()) == {3, 50, 77, 200, 299}
 
 
+@pytest.mark.slow  # default-suite budget; CI runs it with -m slow
 def test_pixel_loss_equals_rot_loss_on_the_drawn_pixels():
   features, depth = _maps()
   key = jax.random.PRNGKey(5)

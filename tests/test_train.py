@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import rtjax
 from rtjax.train import RotConfig, init_train_state, make_loss_fn, make_train_step
@@ -78,3 +79,66 @@ def test_without_regulariser_the_loss_is_the_task_loss():
   params = model.init(jax.random.PRNGKey(0), x)
   loss, metrics = make_loss_fn(model, RotConfig(lam=0.0))(params, (x, jnp.zeros((4, 3))))
   assert float(loss) == float(metrics["task"]) and "rot" not in metrics
+
+
+class NoisyRegressor(nn.Module):
+  """Regressor whose features get Gaussian noise when a "dropout" rng exists, and which sows a loss."""
+
+  @nn.compact
+  def __call__(self, x):
+    z = nn.relu(nn.Dense(8)(x))
+    if self.has_rng("dropout"):
+      z = z + 0.1 * jax.random.normal(self.make_rng("dropout"), z.shape)
+    self.sow("losses", "penalty", 0.5 * jnp.sum(jnp.square(z)))
+    return rtjax.MultiTargetHead(2, 3)(z), z
+
+
+def _terms(features, targets, key):
+  """Two terms, one random: the key must arrive and differ from step to step."""
+  return jnp.stack([jnp.mean(jnp.square(features)), jax.random.uniform(key)])
+
+
+def test_regularizer_sown_losses_and_rng_stream_add_up_as_documented():
+  model, (x, y) = NoisyRegressor(), _problem()
+  params = model.init(jax.random.PRNGKey(1), x)
+  weights = jnp.asarray([2.0, 3.0])
+  loss_fn = make_loss_fn(model, RotConfig(), regularizer=_terms, regularizer_weights=weights)
+  key = jax.random.PRNGKey(7)
+  loss, metrics = loss_fn(params, (x, y), key=key)
+  # Independent recomputation with the same key split the loss documents.
+  model_key, reg_key = jax.random.split(key)
+  pred, z = model.apply({"params": params["params"]}, x, rngs={"dropout": model_key})
+  task = jnp.mean(jnp.square(pred - y[:, None, :]))
+  expected = task + 0.5 * jnp.sum(z**2) + 2.0 * jnp.mean(z**2) + 3.0 * jax.random.uniform(reg_key)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["sown"]), float(0.5 * jnp.sum(z**2)), rtol=1e-6)  # not init's too
+  # Without a dropout stream the model is deterministic; per-call weights replace the defaults.
+  plain, _ = model.apply(params, x, mutable=["losses"])
+  dense = params["params"]["Dense_0"]
+  np.testing.assert_allclose(plain[1], nn.relu(x @ dense["kernel"] + dense["bias"]), rtol=1e-6)
+  loss1, m1 = loss_fn(params, (x, y), key=key, reg_weights=jnp.asarray([1.0, 0.0]))
+  np.testing.assert_allclose(float(loss1 - loss), float(-m1["regularizer"][0] - 3.0 * m1["regularizer"][1]),
+                             rtol=1e-5)
+
+
+def test_a_keyed_state_draws_new_randomness_each_step_reproducibly():
+  model, batch = NoisyRegressor(), _problem()
+  loss_fn = make_loss_fn(model, RotConfig(), regularizer=_terms, regularizer_weights=jnp.asarray([0.0, 1.0]))
+  optimizer = optax.sgd(0.0)  # parameters fixed: only the randomness changes the loss
+  params = model.init(jax.random.PRNGKey(1), batch[0])
+
+  def run(seed):
+    state = init_train_state(params, optimizer, loss_fn, batch, key=jax.random.PRNGKey(seed))
+    step, out = jax.jit(make_train_step(loss_fn, optimizer)), []
+    for _ in range(3):
+      state, metrics = step(state, batch)
+      out.append(float(metrics["regularizer"][1]))
+    return out
+
+  first = run(0)
+  assert len(set(first)) == 3 and run(0) == first and run(1) != first
+
+
+def test_regularizer_without_weights_is_refused():
+  with pytest.raises(ValueError, match="`regularizer_weights` must be given with `regularizer`"):
+    make_loss_fn(Regressor(), RotConfig(), regularizer=_terms)
