@@ -1,7 +1,8 @@
-"""Coordinate prediction (paper Table 3): baseline / +MT / +L_ot / +MT+L_ot on the manifold datasets.
+"""Coordinate prediction (paper Table 3): baseline / +MT / +L_ot / +MT+L_ot and the peers (InfDrop, OE,
+topological autoencoder, PH-Reg, RankSim) on the manifold datasets, with the tightness diagnostics.
 
     python -m experiments.coordinate             # paper protocol on circle: 4 methods x 10 seeds x 10,000 epochs
-    python -m experiments.coordinate --full      # the same on all four datasets (the Table-3 grid)
+    python -m experiments.coordinate --full      # all nine methods (peers too) on all four datasets: Table 3
     python -m experiments.coordinate --sweep     # choose lambda/gamma on the validation split first
 
 Writes OUT/results.json, OUT/results.md and OUT/features_<dataset>.png (OUT defaults to
@@ -36,9 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   datasets = cli.comma_list(str, choices=configs.DATASETS)
   p.add_argument("--datasets", type=datasets, help=f"comma list from {', '.join(configs.DATASETS)} "
                  f"(default: {', '.join(configs.DEFAULT_DATASETS)})")
-  p.add_argument("--full", action="store_true", help="all four datasets (the Table-3 grid)")
-  p.add_argument("--methods", type=cli.comma_list(str, choices=configs.METHODS), default=list(configs.METHODS),
-                 help=f"comma list from {', '.join(configs.METHODS)} (default: all)")
+  p.add_argument("--full", action="store_true", help="all four datasets and, unless --methods says otherwise, "
+                 "all nine methods (the complete Table 3)")
+  p.add_argument("--methods", type=cli.comma_list(str, choices=configs.METHODS),
+                 help=f"comma list from {', '.join(configs.METHODS)} (default: {', '.join(configs.CORE_METHODS)}; "
+                 "with --full: all)")
   p.add_argument("--seeds", type=cli.positive_int, default=protocol.seeds, help="seeds per method (paper: 10)")
   p.add_argument("--epochs", type=cli.positive_int, default=protocol.epochs,
                  help=f"epochs per run, a multiple of {protocol.eval_every} (the validation interval; paper: 10,000)")
@@ -67,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   if args.full and args.datasets:
     p.error("--full runs all four datasets; do not combine it with --datasets")
   args.datasets = list(configs.DATASETS) if args.full else args.datasets or list(configs.DEFAULT_DATASETS)
+  args.methods = args.methods or list(configs.METHODS if args.full else configs.CORE_METHODS)
   for name, epochs in (("--epochs", args.epochs), ("--sweep-epochs", args.sweep_epochs)):
     if epochs % protocol.eval_every:
       p.error(f"{name} must be a multiple of {protocol.eval_every} (the validation interval), got {epochs}")
@@ -105,14 +109,17 @@ def main(argv=None) -> dict:
   report_ = {"protocol": dataclasses.asdict(protocol), "settings": {}, "sweeps": previous.get("sweeps", {}),
              "results": {d: dict(previous.get("results", {}).get(d, {})) for d in args.datasets},
              "paper_table3": configs.PAPER_TABLE3, "workers": args.workers, "total_wall_time_s": 0.0,
-             "ot_solver": dict(dataclasses.asdict(configs.SOLVER), warm_start=True, fixed_targets=True)}
+             "ot_solver": dict(dataclasses.asdict(configs.SOLVER), warm_start=True, fixed_targets=True),
+             "diagnostic_points": configs.DIAGNOSTIC_POINTS}
+  if any(m in configs.PEERS for m in args.methods):
+    report_["peer_settings"] = _peer_settings(args.methods)
   start = time.perf_counter()
 
   def save() -> list[str]:
     report_["total_wall_time_s"] = time.perf_counter() - start
     return results.write_results(args.out, report_, report.markdown)
 
-  if args.sweep and any("ot" in m for m in args.methods):
+  if args.sweep and any(m in configs.OT_METHODS for m in args.methods):
     _sweep(args, data, report_, save)
   for d in args.datasets:
     chosen = report_["sweeps"][d]["chosen"] if d in report_["sweeps"] else configs.TUNED[d]
@@ -127,7 +134,9 @@ def main(argv=None) -> dict:
     return report_
 
   # Longest jobs first, and neighbours on different programs (two workers compile different ones).
-  order = sorted(args.methods, key=lambda m: ("ot" not in m, "mt" not in m))
+  # (RankSim and PH-Reg are the slowest peers.)
+  slow = configs.OT_METHODS + ("ranksim", "phreg")
+  order = sorted(args.methods, key=lambda m: (m not in slow, m not in configs.MT_METHODS))
   jobs = [(train.Unit(d, m, report_["settings"][d]["lam"], report_["settings"][d]["gamma"]), data[d], protocol)
           for d in args.datasets for m in order if m not in report_["results"][d]]
   fits = {}
@@ -141,8 +150,20 @@ def main(argv=None) -> dict:
       if all((unit.dataset, m) in fits for m in args.methods):
         _figure(args.out / f"features_{unit.dataset}.png", unit.dataset, data[unit.dataset], fits, args.methods)
   report_["nonfinite"] = save()
+  if fits:
+    report.diagnostics_figure(args.out / "diagnostics.png", report_["results"])
   print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'} ({time.perf_counter() - start:.0f} s)")
   return report_
+
+
+def _peer_settings(methods) -> dict:
+  """The peers' weights per dataset and sampling settings, for the results files."""
+  out = {m: configs.PEER_WEIGHTS[m] for m in methods if m in configs.PEERS and m != "infdrop"}
+  out.update(oe_samples=configs.OE_SAMPLES, ph_dimension_points=configs.PH_DIMENSION_POINTS,
+             topology_points=configs.OE_SAMPLES, ranksim_interpolation=configs.RANKSIM_INTERPOLATION)
+  if "infdrop" in methods:
+    out["infdrop_kl_weight"] = configs.INFDROP_KL_WEIGHT
+  return out
 
 
 def _num(value) -> str:
@@ -167,7 +188,7 @@ def _previous(args, protocol) -> dict:
   for d, rows in keep.items():
     setting = old["settings"].get(d, {})
     for m, row in list(rows.items()):
-      if "ot" in m and ((args.lam is not None and row["lam"] != args.lam) or
+      if m in configs.OT_METHODS and ((args.lam is not None and row["lam"] != args.lam) or
                         (args.gamma is not None and row["gamma"] != args.gamma)):
         del rows[m]
     if setting.get("data") != (str(args.data) if args.data else f"generated, seed {args.data_seed}"):
@@ -203,8 +224,9 @@ def _sweep(args, data, report_, save) -> None:
 def _figure(path, name, data, fits, methods) -> None:
   """Feature manifolds of seed 0 on the test split, one panel per method, beside the target space."""
   test = split(data)[2]
+  shown = [m for m in methods if m in configs.FIGURE_METHODS] or methods
   panels = {configs.METHOD_LABELS[m]: report.seed0_features(fits[name, m][1], fits[name, m][0], test.x)
-            for m in methods}
+            for m in shown}
   report.feature_figure(path, test.y, panels, title=f"{name}: test-set features, seed 0")
 
 
@@ -227,6 +249,8 @@ def merge(dirs, out: pathlib.Path) -> dict:
       if png.parent.resolve() != out.resolve():
         shutil.copy(png, out / png.name)
   merged["nonfinite"] = results.write_results(out, merged, report.markdown)
+  if any("diagnostics" in row for rows in merged["results"].values() for row in rows.values()):
+    report.diagnostics_figure(out / "diagnostics.png", merged["results"])
   print(f"merged {len(dirs)} runs into {out}")
   return merged
 

@@ -1,4 +1,5 @@
-"""Tables and figures of the coordinate-prediction experiment: ours beside the paper's Table 3."""
+"""Tables and figures of the coordinate-prediction experiment: ours beside the paper's Table 3, and the
+tightness diagnostics (paper Table 4) of every method's test features."""
 from __future__ import annotations
 
 import pathlib
@@ -35,11 +36,46 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
+DIAGNOSTICS = (("euclidean_spearman", "Euclidean Spearman"), ("euclidean_kendall", "Euclidean Kendall"),
+               ("euclidean_volume", "Euclidean volume"), ("cosine_spearman", "cosine Spearman"),
+               ("cosine_kendall", "cosine Kendall"), ("cosine_volume", "cosine volume"))
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+  v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
+  return (float(v.mean()), float(v.std())) if v.size and np.isfinite(v).all() else (None, None)
+
+
+def diagnostics_table(results: dict) -> str:
+  """Markdown: rank correlations between feature and target distances over the test pairs, and volumes
+  (mean pairwise feature distance), mean ± std over seeds, per dataset and method."""
+  lines = ["| dataset | method | test MSE | " + " | ".join(label for _, label in DIAGNOSTICS) + " |",
+           "|---" * (3 + len(DIAGNOSTICS)) + "|"]
+  for d, rows in results.items():
+    for method in METHODS:
+      row = rows.get(method)
+      if not row or "diagnostics" not in row:
+        continue
+      cells = [_fmt(*_mean_std(row["diagnostics"][key])) for key, _ in DIAGNOSTICS]
+      lines.append(f"| {d} | {METHOD_LABELS[method]} | {_fmt(row['mean'], row['std'])} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
-  """The whole results.md: table, settings, sweeps, solver, protocol and wall times."""
+  """The whole results.md: table, diagnostics, settings, sweeps, solver, protocol and wall times."""
   lines = [f"# Coordinate prediction (paper Table 3): test MSE, mean ± std over {report['protocol']['seeds']} "
-           "seeds", "", table(report["results"]), "",
-           "| dataset | lam | gamma | chosen by | data | wall time (s, per method) |", "|---|---|---|---|---|---|"]
+           "seeds", "", table(report["results"]), ""]
+  if any("diagnostics" in row for rows in report["results"].values() for row in rows.values()):
+    lines += ["## Tightness diagnostics of the test features (paper Table 4)", "",
+              f"Over all pairs of the first {report.get('diagnostic_points', 'N')} test points: Spearman and "
+              "Kendall (tau-b) correlation between feature distances and target distances (higher: the "
+              "features keep the targets' ordinality), and the volume, the mean pairwise feature distance "
+              "(lower: tighter); `rtjax.tightness_diagnostics` on each seed's best parameters.", "",
+              diagnostics_table(report["results"]), ""]
+  if report.get("peer_settings"):
+    lines += [f"Peer settings (PH-Reg's coordinate `main.py`; RankSim: its published AgeDB setting): "
+              f"{report['peer_settings']}.", ""]
+  lines += ["| dataset | lam | gamma | chosen by | data | wall time (s, per method) |", "|---|---|---|---|---|---|"]
   for d, s in report["settings"].items():
     times = ", ".join(f"{m} {r['wall_time_s']:.0f}" for m, r in report["results"].get(d, {}).items())
     lines.append(f"| {d} | {s['lam']:g} | {s['gamma']:g} | {s['source']} | {s['data']} | {times} |")
@@ -86,6 +122,42 @@ def feature_figure(path: pathlib.Path, targets: np.ndarray, panels: dict[str, np
   if title:
     fig.suptitle(title)
   fig.tight_layout(rect=(0, 0, 1, 0.92 if title else 1))  # keep the panel titles clear of the suptitle
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
+  plt.close(fig)
+
+
+def diagnostics_figure(path: pathlib.Path, results: dict) -> None:
+  """Per dataset: Euclidean Spearman correlation and cosine volume of the test features against test
+  MSE, one marker per method (mean ± std over seeds); written atomically. Needs matplotlib."""
+  import matplotlib
+  import matplotlib.ticker
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  datasets = [d for d, rows in results.items() if any("diagnostics" in r for r in rows.values())]
+  fig, axes = plt.subplots(2, len(datasets), figsize=(max(4.2 * len(datasets), 9.0), 8.0), squeeze=False)
+  colours = plt.get_cmap("tab10")
+  for col, d in enumerate(datasets):
+    for i, method in enumerate(METHODS):
+      row = results[d].get(method)
+      if not row or "diagnostics" not in row or row["mean"] is None:
+        continue
+      for r, key in enumerate(("euclidean_spearman", "cosine_volume")):
+        mean, std = _mean_std(row["diagnostics"][key])
+        if mean is not None:
+          axes[r, col].errorbar(row["mean"], mean, xerr=row["std"], yerr=std, fmt="o", color=colours(i),
+                                label=METHOD_LABELS[method] if col == 0 and r == 0 else None, capsize=2)
+    axes[0, col].set_title(d)
+    for r, label in enumerate(("Spearman (Euclidean)\nhigher: ordinality kept", "volume (cosine)\nlower: tighter")):
+      axes[r, col].set_xscale("log")
+      axes[r, col].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+      axes[r, col].set_xlabel("test MSE")
+      if col == 0:
+        axes[r, col].set_ylabel(label)
+  fig.legend(loc="lower center", ncol=5 if len(datasets) > 1 else 3, frameon=False)
+  fig.suptitle("Tightness of the test features vs test MSE")
+  fig.tight_layout(rect=(0, 0.09, 1, 0.95))
   with atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)

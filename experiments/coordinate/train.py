@@ -6,7 +6,12 @@ A program trains full-batch (one step = one epoch) with the train step of `rtjax
 vmapped, epochs are scanned in chunks of `eval_every`, and after each chunk the validation MSE decides,
 inside the program, whether the parameters become the seed's best. Only the chunk loop runs in Python
 (the progress bar). With L_ot the target plan is prepared once per run (the targets never change) and
-each step's Sinkhorn solves start from the previous step's potentials.
+each step's Sinkhorn solves start from the previous step's potentials. The peers are regularizers of
+the same step (experiments/coordinate/peers.py) with their weights as arguments; those that draw
+samples or noise get a per-seed key that the state splits at every step.
+
+After training, the tightness diagnostics of paper Table 4 are taken on the test features of every
+seed's best parameters.
 """
 from __future__ import annotations
 
@@ -24,10 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.coordinate import configs, peers
 from experiments.coordinate.configs import SOLVER, Protocol
-from experiments.coordinate.data import CoordinateData, split
+from experiments.coordinate.data import NUM_TRAIN, CoordinateData, split
 from experiments.coordinate.models import MLPRegressor
 from rtjax import mt_predict
+from rtjax.diagnostics import tightness_diagnostics
 from rtjax.train import RotConfig, TrainState, init_train_state, make_loss_fn, make_train_step
 
 Batch = tuple[jax.Array, jax.Array]
@@ -42,7 +49,11 @@ class Unit(NamedTuple):
 
   @property
   def with_ot(self) -> bool:
-    return "ot" in self.method
+    return self.method in configs.OT_METHODS
+
+  @property
+  def peer(self) -> str | None:
+    return peers.peer_of(self.method)
 
 
 class Carry(NamedTuple):
@@ -68,9 +79,10 @@ class FitResult(NamedTuple):
 
 class Program(NamedTuple):
   model: MLPRegressor
-  start: Callable    # (seeds [S], train, gamma) -> Carry
-  chunk: Callable    # (carry, train, val, lam) -> (carry, val_mse [S])
-  predict: Callable  # (params [S, ...], x) -> [S, n, 3]
+  start: Callable        # (seeds [S], train, gamma) -> Carry
+  chunk: Callable        # (carry, train, val, lam, weights [T]) -> (carry, val_mse [S])
+  predict: Callable      # (params [S, ...], x) -> [S, n, 3]
+  diagnostics: Callable  # (params [S, ...], x, y) -> TightnessDiagnostics of [S] arrays
 
 
 def prediction_mse(model, params, batch: Batch) -> jax.Array:
@@ -80,24 +92,32 @@ def prediction_mse(model, params, batch: Batch) -> jax.Array:
 
 
 @functools.cache
-def program(num_targets: int, with_ot: bool, protocol: Protocol) -> Program:
+def program(num_targets: int, with_ot: bool, peer: str | None, protocol: Protocol) -> Program:
   """The compiled functions of one network structure (compiled on first use, once per data shape)."""
-  model = MLPRegressor(num_targets=num_targets)
+  model = MLPRegressor(num_targets=num_targets, information_dropout=peer == "infdrop",
+                       kl_weight=configs.INFDROP_KL_WEIGHT, num_train=NUM_TRAIN)
   rot = RotConfig(lam=1.0, solver=SOLVER, fixed_targets=True) if with_ot else RotConfig()
-  loss_fn = make_loss_fn(model, rot)
+  regularizer = peers.REGULARIZERS.get(peer)
+  loss_fn = make_loss_fn(model, rot, regularizer=regularizer,
+                         regularizer_weights=None if regularizer is None else jnp.zeros(()))
   optimizer = optax.adamw(protocol.learning_rate, weight_decay=protocol.weight_decay)
   step = make_train_step(loss_fn, optimizer)
 
   def start(seed, train: Batch, gamma) -> Carry:
     params = model.init(jax.random.PRNGKey(seed), train[0])
+    # Peers draw samples (OE, PH-Reg, RankSim) or noise (InfDrop) from a key of their own per seed; the
+    # other methods are deterministic.
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1) if peer else None
     state = init_train_state(params, optimizer, loss_fn, train, rot if with_ot else None,
-                             epsilon=gamma if with_ot else None)
+                             epsilon=gamma if with_ot else None, key=key)
     zero = jnp.zeros((), jnp.int32)
     return Carry(state, params, jnp.asarray(jnp.inf, jnp.float32), zero, zero, zero, zero)
 
-  def chunk(carry: Carry, train: Batch, val: Batch, lam) -> tuple[Carry, jax.Array]:
+  def chunk(carry: Carry, train: Batch, val: Batch, lam, weights) -> tuple[Carry, jax.Array]:
+    kwargs = ({"lam": lam} if with_ot else {}) | ({"reg_weights": weights} if regularizer else {})
+
     def body(state, _):
-      state, metrics = step(state, train, lam=lam) if with_ot else step(state, train)
+      state, metrics = step(state, train, **kwargs)
       return state, (~jnp.isfinite(metrics["loss"]), ~jnp.asarray(metrics.get("ot_converged", True)))
     state, (nonfinite, missed) = jax.lax.scan(body, carry.state, None, length=protocol.eval_every)
     epoch = carry.epoch + protocol.eval_every
@@ -109,9 +129,11 @@ def program(num_targets: int, with_ot: bool, protocol: Protocol) -> Program:
                  carry.unconverged_steps + missed.sum()), val_mse
 
   predict = lambda params, x: mt_predict(model.apply(params, x)[0])
+  diagnostics = lambda params, x, y: tightness_diagnostics(model.apply(params, x)[1], y)
   return Program(model, jax.jit(jax.vmap(start, in_axes=(0, None, None))),
-                 jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None))),
-                 jax.jit(jax.vmap(predict, in_axes=(0, None))))
+                 jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None, None))),
+                 jax.jit(jax.vmap(predict, in_axes=(0, None))),
+                 jax.jit(jax.vmap(diagnostics, in_axes=(0, None, None))))
 
 
 def fit(data: CoordinateData, unit: Unit, seeds: Iterable[int], protocol: Protocol,
@@ -123,25 +145,30 @@ def fit(data: CoordinateData, unit: Unit, seeds: Iterable[int], protocol: Protoc
   if protocol.epochs % protocol.eval_every:
     raise ValueError(f"`epochs` ({protocol.epochs}) must be a multiple of `eval_every` ({protocol.eval_every}).")
   start_time = time.perf_counter()
-  num_targets = protocol.num_targets if "mt" in unit.method else 1
+  num_targets = protocol.num_targets if unit.method in configs.MT_METHODS else 1
   # Programs depend on neither the epochs nor the number of seeds: one compilation serves all.
-  prog = program(num_targets, unit.with_ot, dataclasses.replace(protocol, epochs=0, seeds=0))
+  prog = program(num_targets, unit.with_ot, unit.peer, dataclasses.replace(protocol, epochs=0, seeds=0))
   train, val, test = (tuple(map(jnp.asarray, part)) for part in split(data))
   gamma = jnp.asarray(unit.gamma if unit.with_ot else 0.0, jnp.float32)
   lam = jnp.asarray(unit.lam, jnp.float32)
+  weights = peers.weights(unit.peer, unit.dataset)
   seeds = [int(s) for s in seeds]
   carry = prog.start(jnp.asarray(seeds), train, gamma)
   history = []
   for _ in range(protocol.epochs // protocol.eval_every):
-    carry, val_mse = prog.chunk(carry, train, val, lam)
+    carry, val_mse = prog.chunk(carry, train, val, lam, weights)
     history.append(np.asarray(val_mse))  # waits: the progress bar must not run ahead of the work
     progress(protocol.eval_every * len(seeds))
   fit_result = FitResult(carry.best_params, carry.best_val, carry.best_epoch, np.stack(history, axis=1),
                          carry.nonfinite_steps, carry.unconverged_steps)
   test_mse = np.asarray(jnp.mean(jnp.square(prog.predict(carry.best_params, test[0]) - test[1]), axis=(1, 2)))
+  first = configs.DIAGNOSTIC_POINTS
+  diagnostics = prog.diagnostics(carry.best_params, test[0][:first], test[1][:first])
   summary = {
       "method": unit.method, "lam": unit.lam if unit.with_ot else 0.0,
       "gamma": unit.gamma if unit.with_ot else None, "num_targets": num_targets, "seeds": seeds,
+      "peer_weights": list(configs.PEER_WEIGHTS[unit.peer][unit.dataset]) if unit.peer else [],
+      "diagnostics": {name: np.asarray(v).tolist() for name, v in diagnostics._asdict().items()},
       "test_mse": test_mse.tolist(), "mean": float(np.mean(test_mse)), "std": float(np.std(test_mse)),
       "val_mse": np.asarray(carry.best_val).tolist(), "best_epoch": np.asarray(carry.best_epoch).tolist(),
       "nonfinite_steps": np.asarray(carry.nonfinite_steps).tolist(),

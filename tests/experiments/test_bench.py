@@ -195,6 +195,7 @@ def _gpu_check(tmp_path, **env) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.slow  # default-suite budget; CI runs it with -m slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the refusal on a machine without a GPU")
 def test_gpu_check_stops_loudly_without_a_gpu(tmp_path):
   done = _gpu_check(tmp_path)

@@ -4,12 +4,17 @@ import json
 import os
 import stat
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
-from experiments.coordinate import configs, train
+import rtjax
+from experiments.coordinate import configs, peers, train
 from experiments.coordinate import main as experiment
 from experiments.coordinate.data import DATASETS, coordinate_dataset, load_npz, mix_coordinates, sample_shape, split
+from experiments.coordinate.models import MLPRegressor
 
 SHORT = dataclasses.replace(configs.Protocol(), epochs=20, eval_every=10, seeds=2)
 
@@ -87,6 +92,7 @@ def test_npz_loader(tmp_path):
     load_npz(tmp_path / "text.npz")
 
 
+@pytest.mark.slow  # default-suite budget; CI runs it with -m slow
 def test_vmapped_seeds_equal_single_seed_runs():
   data = coordinate_dataset("circle", 0, num_points=300)
   unit = train.Unit("circle", "mt+ot", 1.0, 0.1)
@@ -109,7 +115,7 @@ def test_best_by_validation_selection():
 def test_one_compilation_serves_datasets_lambda_and_gamma():
   """Data, lambda and gamma are arguments of the compiled programs, not constants."""
   train.program.cache_clear()
-  prog = train.program(1, True, dataclasses.replace(SHORT, epochs=0, seeds=0))
+  prog = train.program(1, True, None, dataclasses.replace(SHORT, epochs=0, seeds=0))
   for name, lam, gamma in (("circle", 1.0, 0.1), ("torus", 10.0, 0.05), ("mammoth", 100.0, 0.01)):
     train.fit(coordinate_dataset(name, 0, num_points=300), train.Unit(name, "ot", lam, gamma), [0, 1], SHORT)
   assert prog.chunk._cache_size() == 1 and prog.start._cache_size() == 1
@@ -122,6 +128,69 @@ def test_units_run_concurrently_give_the_same_results():
   for unit, _, protocol in jobs:
     alone, _, _ = train.fit(data, unit, range(protocol.seeds), protocol)
     np.testing.assert_allclose(concurrent[unit.method]["test_mse"], alone["test_mse"], rtol=1e-5)
+
+
+def test_method_families_are_disjoint():
+  """'topo' contains the letters 'ot': membership, not substrings, decides what a method trains."""
+  assert not train.Unit("circle", "topo").with_ot and train.Unit("circle", "mt+ot").with_ot
+  assert set(configs.METHODS) == set(configs.CORE_METHODS) | set(configs.PEERS)
+
+
+def test_phreg_terms_weighted_are_the_library_loss():
+  """[L_t, L_d] of the coordinate regularizer, weighted, equal rtjax.ph_reg_loss with the same key (the
+  two terms must draw the same points as the combined loss)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (100, 16))
+  y = jax.random.normal(jax.random.PRNGKey(1), (100, 3))
+  key = jax.random.PRNGKey(2)
+  lam_t, lam_d = configs.PEER_WEIGHTS["phreg"]["swiss_roll"]
+  terms = peers.REGULARIZERS["phreg"](x, y, key)
+  expected = rtjax.ph_reg_loss(x, y, key, lambda_t=lam_t, lambda_d=lam_d, min_points=19, max_points=80,
+                               point_jump=20, topology_points=80)
+  np.testing.assert_allclose(float(lam_t * terms[0] + lam_d * terms[1]), float(expected), rtol=1e-6)
+
+
+def test_information_dropout_model_is_noisy_only_with_a_dropout_stream():
+  model = MLPRegressor(information_dropout=True)
+  x = jnp.asarray(coordinate_dataset("circle", 0, num_points=300).x[:100])
+  params = {"params": model.init(jax.random.PRNGKey(0), x)["params"]}
+  (_, z1), _ = model.apply(params, x, mutable=["losses"])
+  (_, z2), _ = model.apply(params, x, mutable=["losses"])
+  (_, z3), sown = model.apply(params, x, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=["losses"])
+  np.testing.assert_array_equal(z1, z2)
+  assert not np.allclose(z1, z3)
+  # The sown loss 0.01 * sum(kl) / 100 over 100 samples x 100 features is the mean per-feature kl, which
+  # lies in [-log(0.491 / 0.701), -log(0.2455 / 0.701)] (the published alpha lies in [0.2455, 0.491)).
+  (penalty,) = jax.tree.leaves(sown)
+  lower, upper = -np.log(np.array([0.4911, 0.2455]) / 0.701)
+  assert lower <= float(penalty) <= upper
+
+
+# OE carries the scipy check of the diagnostics and stays in the default suite; the others run with -m slow.
+@pytest.mark.parametrize("method", [m if m == "oe" else pytest.param(m, marks=pytest.mark.slow) for m in configs.PEERS])
+def test_every_peer_trains_finite_with_its_weights_and_diagnostics(method):
+  data = coordinate_dataset("circle", 0, num_points=400)
+  summary, fit, prog = train.fit(data, train.Unit("circle", method), [0, 1], SHORT)
+  assert np.isfinite(summary["test_mse"]).all() and summary["nonfinite_steps"] == [0, 0]
+  assert summary["peer_weights"] == list(configs.PEER_WEIGHTS[method]["circle"])
+  assert summary["num_targets"] == 1 and summary["lam"] == 0.0
+  if method == "oe":  # the diagnostics of one trained program, against scipy on its features
+    test = split(data)[2]
+    z = np.asarray(prog.model.apply(jax.tree.map(lambda a: a[0], fit.best_params), test.x)[1], np.float64)
+    pairs = np.triu_indices(len(z), 1)
+    feature_d = np.linalg.norm(z[:, None] - z[None], axis=-1)[pairs]
+    target_d = np.linalg.norm(test.y[:, None].astype(np.float64) - test.y[None], axis=-1)[pairs]
+    rho = scipy.stats.spearmanr(feature_d, target_d).statistic
+    np.testing.assert_allclose(summary["diagnostics"]["euclidean_spearman"][0], rho, atol=1e-4)
+    np.testing.assert_allclose(summary["diagnostics"]["euclidean_volume"][0], feature_d.mean(), rtol=1e-4)
+  for values in summary["diagnostics"].values():
+    assert len(values) == 2 and np.isfinite(values).all()
+
+
+def test_peer_keys_make_runs_reproducible_and_seeds_differ():
+  data = coordinate_dataset("circle", 0, num_points=300)
+  first, _, _ = train.fit(data, train.Unit("circle", "infdrop"), [0, 1], SHORT)
+  again, _, _ = train.fit(data, train.Unit("circle", "infdrop"), [0, 1], SHORT)
+  assert first["test_mse"] == again["test_mse"] and first["test_mse"][0] != first["test_mse"][1]
 
 
 def _short_run(tmp_path, *extra, out="out"):
@@ -139,7 +208,7 @@ def test_experiment_end_to_end(tmp_path):
                             "--sweep-seeds", "1", "--sweep-epochs", "100", "--data", str(npz),
                             "--out", str(tmp_path / "out"), "--no-progress"])
   saved = json.loads((tmp_path / "out" / "results.json").read_text())
-  assert set(saved["results"]["torus"]) == set(configs.METHODS) and saved["nonfinite"] == []
+  assert set(saved["results"]["torus"]) == set(configs.CORE_METHODS) and saved["nonfinite"] == []
   for summary in saved["results"]["torus"].values():
     assert len(summary["test_mse"]) == 2 and np.isfinite(summary["mean"])
   assert saved["settings"]["torus"]["source"] == "sweep" and "own.npz" in saved["settings"]["torus"]["data"]
@@ -196,6 +265,7 @@ def test_output_file_standing_in_for_the_folder_is_refused(tmp_path, capsys):
   assert "cannot write" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # default-suite budget; CI runs it with -m slow
 def test_results_are_saved_per_unit_and_resume_skips_them(tmp_path, monkeypatch):
   _short_run(tmp_path, "--methods", "baseline,mt")
   first = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -240,6 +310,7 @@ def test_non_finite_metrics_are_null_and_set_the_exit_status(tmp_path, monkeypat
   assert "non-finite" in (tmp_path / "out" / "results.md").read_text()
 
 
+@pytest.mark.slow  # default-suite budget; CI runs it with -m slow
 def test_merge_combines_runs(tmp_path):
   common = ["--seeds", "1", "--epochs", "100", "--methods", "baseline", "--no-progress"]
   experiment.main(["--datasets", "torus", "--out", str(tmp_path / "a")] + common)
