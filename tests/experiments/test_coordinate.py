@@ -121,6 +121,7 @@ def test_one_compilation_serves_datasets_lambda_and_gamma():
   assert prog.chunk._cache_size() == 1 and prog.start._cache_size() == 1
 
 
+@pytest.mark.slow  # default-suite budget; CI runs it with -m slow
 def test_units_run_concurrently_give_the_same_results():
   data = coordinate_dataset("circle", 0, num_points=300)
   jobs = [(train.Unit("circle", m, 1.0, 0.1), data, SHORT) for m in ("ot", "baseline", "mt")]
