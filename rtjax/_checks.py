@@ -25,6 +25,16 @@ def require_rank(name: str, x, ranks: Sequence[int], what: str) -> None:
     raise ValueError(f"`{name}` must be {what}, got shape {shape_of(x)}.")
 
 
+def require_square(name: str, x, min_n: int = 0) -> int:
+  """Raises ValueError unless `x` is a square [n, n] matrix with n >= min_n; returns n."""
+  shape = shape_of(x)
+  if len(shape) != 2 or shape[0] != shape[1]:
+    raise ValueError(f"`{name}` must be a square [n, n] matrix, got shape {shape}.")
+  if shape[0] < min_n:
+    raise ValueError(f"`{name}` must hold n >= {min_n} points, got shape {shape}.")
+  return shape[0]
+
+
 def require_positive(name: str, value) -> None:
   """Raises ValueError unless the scalar `value` is > 0; a traced value cannot be checked and passes."""
   if isinstance(value, jax.core.Tracer):

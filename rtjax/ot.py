@@ -89,12 +89,7 @@ def self_transport(
       diagonal_cost, a malformed init, or a `solver` that is not a SolverOptions.
   """
   _checks.require_float("cost", cost)
-  shape = _checks.shape_of(cost)
-  if len(shape) != 2 or shape[0] != shape[1]:
-    raise ValueError(f"`cost` must be a square [n, n] matrix, got shape {shape}.")
-  if shape[0] < 2:
-    raise ValueError(f"`cost` must have n >= 2 points, got shape {shape}.")
-  n = shape[0]
+  n = _checks.require_square("cost", cost, min_n=2)
   _checks.require_positive("epsilon", epsilon)
   _checks.require_static_positive("diagonal_cost", diagonal_cost)
   options = check_options(solver)

@@ -284,6 +284,11 @@ def ranksim_loss(
   label ranks and the targets get no gradient. Multiply by `PUBLISHED_WEIGHT` (gamma = 100) to match
   the published training loss. A batch with a single label (m = 1) gives 0 with zero gradient.
 
+  Derivatives: reverse mode only, and it is the published blackbox surrogate, not the derivative of the
+  (piecewise-constant) loss. Forward mode (`jvp`, `jacfwd`) is refused by JAX for the custom VJP
+  ("can't apply forward-mode autodiff (jvp) to a custom_vjp function"); reverse-over-reverse (e.g.
+  `jax.hessian` via `jacrev`) differentiates the surrogate gradient field, which is piecewise smooth.
+
   Args:
     features: [n, d] (or [n, ...], flattened to [n, -1]) floating features, n >= 2; bfloat16/float16
       are upcast to float32.

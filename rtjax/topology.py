@@ -264,11 +264,7 @@ def minimum_spanning_tree(distances: jax.Array) -> jax.Array:
     ValueError: a non-float, non-square or n < 2 `distances`.
   """
   _checks.require_float("distances", distances)
-  shape = _checks.shape_of(distances)
-  if len(shape) != 2 or shape[0] != shape[1]:
-    raise ValueError(f"`distances` must be a square [n, n] matrix, got shape {shape}.")
-  if shape[0] < 2:
-    raise ValueError(f"`distances` must hold n >= 2 points, got shape {shape}.")
+  _checks.require_square("distances", distances, min_n=2)
   return _mst(_checks.upcast(jnp.asarray(distances)))
 
 
@@ -284,9 +280,7 @@ def tree_edge_lengths(distances: jax.Array, edges: jax.Array) -> jax.Array:
     ValueError: a non-float or non-square `distances`, or `edges` that is not an integer [m, 2] array.
   """
   _checks.require_float("distances", distances)
-  shape = _checks.shape_of(distances)
-  if len(shape) != 2 or shape[0] != shape[1]:
-    raise ValueError(f"`distances` must be a square [n, n] matrix, got shape {shape}.")
+  _checks.require_square("distances", distances)
   eshape = _checks.shape_of(edges)
   if len(eshape) != 2 or eshape[1] != 2 or not jnp.issubdtype(jnp.result_type(edges), jnp.integer):
     raise ValueError(f"`edges` must be an integer [m, 2] array, got {jnp.result_type(edges)} with shape {eshape}.")

@@ -333,3 +333,11 @@ def test_unique_label_mask_errors():
     unique_label_mask(jnp.ones((2, 2, 2)), KEY)
   with pytest.raises(ValueError, match=r"`key` must be one jax.random key"):
     unique_label_mask(jnp.ones(4), jnp.ones(2))
+
+
+def test_forward_mode_is_refused_as_documented():
+  """The blackbox gradient is a custom VJP: JAX refuses forward mode loudly (the docstring says so)."""
+  features = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+  loss = lambda z: ranksim_loss(z, jnp.arange(6.0), KEY)
+  with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+    jax.jvp(loss, (features,), (features,))
