@@ -56,7 +56,8 @@ def mt_loss(pred: jax.Array, targets: jax.Array, *, loss: str | ElementwiseLoss 
 
   Args:
     pred: [..., M, k] output of `MultiTargetHead`.
-    targets: [..., k], or [...] when k == 1; broadcast against every copy.
+    targets: [..., k], or [...] when k == 1, broadcast against every copy; or [..., M, k], one target per
+      copy (e.g. noise targets for all but the first copy, the paper's Table 5 ablation).
     loss: "mse", "l1", or a callable (pred, target) -> elementwise loss.
 
   Returns:
@@ -66,17 +67,18 @@ def mt_loss(pred: jax.Array, targets: jax.Array, *, loss: str | ElementwiseLoss 
   _checks.require_float("targets", targets)
   batch, k = jnp.shape(pred)[:-2], jnp.shape(pred)[-1]
   tshape = _checks.shape_of(targets)
+  per_copy = tshape == _checks.shape_of(pred)
   if tshape == batch and k == 1:
     targets = jnp.asarray(targets)[..., None]
-  elif tshape != batch + (k,):
+  elif tshape != batch + (k,) and not per_copy:
     raise ValueError(
         f"`targets` must have shape {batch + (k,)}" + (f" or {batch}" if k == 1 else "")
-        + f" to match pred {_checks.shape_of(pred)}, got {tshape}.")
+        + f" (or {_checks.shape_of(pred)}, one per copy) to match pred {_checks.shape_of(pred)}, got {tshape}.")
   if isinstance(loss, str):
     if loss not in _LOSSES:
       raise ValueError(f"`loss` must be one of {sorted(_LOSSES)} or a callable, got {loss!r}.")
     loss = _LOSSES[loss]
-  return jnp.mean(loss(pred, jnp.expand_dims(targets, -2)))
+  return jnp.mean(loss(pred, targets if per_copy else jnp.expand_dims(targets, -2)))
 
 
 def mt_predict(pred: jax.Array) -> jax.Array:

@@ -14,7 +14,11 @@ Other regularizers (the peers: RankSim, Ordinal Entropy, PH-Reg, ...) enter as `
 function (features, targets, key) -> [T] terms weighted by `regularizer_weights`; losses that a module
 computes itself (Information Dropout's KL term) are `sow`n into the "losses" collection and added.
 A state made with `key=` splits it at every step: one key for the model's "dropout" rng stream (the
-model is stochastic in training exactly when that stream exists), one for the regularizer.
+model is stochastic in training exactly when that stream exists), one for the regularizer, one for
+`RotConfig.samples` and `targets_fn`.
+
+Models with non-trainable state (BatchNorm's "batch_stats") keep it in `TrainState.model_state`: it is
+passed to the model, updated by it (mutable) and carried to the next step, never differentiated.
 """
 from __future__ import annotations
 
@@ -49,12 +53,22 @@ class RotConfig:
       Only meaningful when the batch keeps its samples in the same order (full-batch training).
     fixed_targets: the targets are the same at every step (full-batch training): their plan T_Y is
       prepared once by `init_train_state` and carried in the state, not re-solved per step.
+    samples: L_ot on this many rows of the batch, drawn without replacement at every step (the published
+      AgeDB/NYUD2 code draws 200); None: all rows. Needs a key (`init_train_state(key=...)`).
   """
   lam: float = 0.0
   epsilon: float = 0.1
   solver: SolverOptions = SolverOptions()  # noqa: RUF009 - frozen, hashable: a shared default is safe
   warm_start: bool = True
   fixed_targets: bool = False
+  samples: int | None = None
+
+  def __post_init__(self):
+    if self.samples is not None and (isinstance(self.samples, bool) or not isinstance(self.samples, int)
+                                     or self.samples < 2):
+      raise ValueError(f"`samples` must be an integer >= 2 (rows for L_ot) or None, got {self.samples!r}.")
+    if self.samples is not None and self.fixed_targets:
+      raise ValueError("`samples` draws different rows at every step: it cannot be used with `fixed_targets`.")
 
 
 class OtCarry(NamedTuple):
@@ -71,14 +85,18 @@ class TrainState(NamedTuple):
   opt_state: Any
   ot: OtCarry = NO_OT
   key: jax.Array | None = None  # split at every step when given (dropout rngs, sampling regularizers)
+  model_state: Any = None  # non-trainable collections, e.g. {"batch_stats": ...}: updated, not differentiated
 
 
 Regularizer = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (features, targets, key) -> [T]
 
 
 def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "mse", *,
-                 regularizer: Regularizer | None = None, regularizer_weights=None) -> Callable:
-  """(params, batch, ot=NO_OT, lam=None, epsilon=None, key=None, reg_weights=None) -> (loss, metrics).
+                 regularizer: Regularizer | None = None, regularizer_weights=None,
+                 model_kwargs: dict[str, Any] | None = None,
+                 targets_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> Callable:
+  """(params, batch, ot=NO_OT, lam=None, epsilon=None, key=None, reg_weights=None, model_state=None)
+  -> (loss, metrics).
 
   L = task + lam * L_ot + sum_t w_t * R_t(features, targets, key) + sum of the model's sown "losses".
 
@@ -89,24 +107,33 @@ def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "
     regularizer: (features [n, d], targets [n, k], key) -> [T] (or []) terms, e.g. `rtjax.ph_reg_terms`.
       It receives `key=None` when the loss is called without a key.
     regularizer_weights: [T] (or []) default weights w of its terms.
+    model_kwargs: keyword arguments of `model.apply` in training, e.g. {"train": True}.
+    targets_fn: (y [n, k], key) -> what the task loss regresses, [n, k] or per copy [n, M, k] (e.g. Table
+      5's noise targets); L_ot and the regularizer always see y. Called with key=None without a key.
 
   `lam`, `epsilon` and `reg_weights` override the defaults per call (arrays are fine: one compiled step
   serves a sweep). With ROT on, metrics hold "rot", "ot_converged", "ot_iterations" and "ot" (the
-  `OtCarry` for the next step); with a regularizer "regularizer" ([T] terms); with sown losses "sown".
+  `OtCarry` for the next step); with a regularizer "regularizer" ([T] terms); with sown losses "sown";
+  with `model_state` (its collections are mutable) "model_state", the updated collections.
   """
   if regularizer is not None and regularizer_weights is None:
     raise ValueError("`regularizer_weights` must be given with `regularizer` (the weights of its terms).")
 
-  def loss_fn(params, batch: Batch, ot: OtCarry = NO_OT, lam=None, epsilon=None, key=None, reg_weights=None):
+  def loss_fn(params, batch: Batch, ot: OtCarry = NO_OT, lam=None, epsilon=None, key=None, reg_weights=None,
+              model_state=None):
     x, y = batch
-    model_key, reg_key = (None, None) if key is None else jax.random.split(key)
+    model_key, reg_key, sample_key, target_key = [None] * 4 if key is None else _split(key)
     rngs = {} if key is None else {"dropout": model_key}
     # `model.init` returns what the model sowed at init too; applied with it, this step's losses would be
     # appended to those.
-    variables = {k: v for k, v in params.items() if k != "losses"}
-    (pred, features), sown = model.apply(variables, x, rngs=rngs, mutable=["losses"])
-    task = mt_loss(pred, y, loss=task_loss)
+    variables = {k: v for k, v in params.items() if k != "losses"} | (model_state or {})
+    (pred, features), updated = model.apply(variables, x, rngs=rngs, mutable=["losses", *(model_state or {})],
+                                            **(model_kwargs or {}))
+    sown = updated.get("losses", {})
+    task = mt_loss(pred, y if targets_fn is None else targets_fn(y, target_key), loss=task_loss)
     metrics, loss = {"task": task}, task
+    if model_state is not None:
+      metrics["model_state"] = {k: updated[k] for k in model_state}
     if sown:
       metrics["sown"] = sum(jnp.sum(leaf) for leaf in jax.tree.leaves(sown))
       loss = loss + metrics["sown"]
@@ -118,6 +145,8 @@ def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "
       return loss, metrics
     lam = rot.lam if lam is None else lam
     init = ot.potentials if rot.warm_start else None
+    if rot.samples is not None:
+      features, y = _sample_rows(features, y, rot.samples, sample_key)
     if ot.targets is not None:  # prepared (fixed targets): epsilon is theirs
       reg, info = rot_loss(features, ot.targets, init=init, solver=rot.solver, return_diagnostics=True)
     else:
@@ -129,6 +158,24 @@ def make_loss_fn(model: nn.Module, rot: RotConfig, task_loss: str | Callable = "
   return loss_fn
 
 
+def _split(key):
+  """(model, regularizer, L_ot rows, targets_fn) keys. The first two are `split(key)`, as before the last
+  two existed, so that runs without them keep their random streams."""
+  model_key, reg_key = jax.random.split(key)
+  return (model_key, reg_key, *jax.random.split(jax.random.fold_in(key, 0x5EED)))
+
+
+def _sample_rows(features, y, samples: int, key):
+  """`samples` rows of (features, y) without replacement (all rows, in order, when the batch is smaller)."""
+  n = features.shape[0]
+  if n <= samples:
+    return features, y
+  if key is None:
+    raise ValueError("`RotConfig.samples` draws rows at random: give the state a key (init_train_state(key=...)).")
+  rows = jax.random.choice(key, n, (samples,), replace=False)
+  return features[rows], jnp.asarray(y)[rows]
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
   """(state, batch, **loss_kwargs) -> (state, metrics): one optax step on loss_fn. Jit it at the call site.
 
@@ -138,26 +185,32 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) 
   def step(state: TrainState, batch: Batch, **loss_kwargs):
     key, step_key = (None, None) if state.key is None else jax.random.split(state.key)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if state.model_state is not None:
+      loss_kwargs = dict(loss_kwargs, model_state=state.model_state)
     (loss, metrics), grads = grad_fn(state.params, batch, state.ot, key=step_key, **loss_kwargs)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     ot = metrics.pop("ot", state.ot)
-    new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, ot, key)
+    model_state = metrics.pop("model_state", state.model_state)
+    new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, ot, key, model_state)
     return new_state, dict(metrics, loss=loss)
   return step
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, loss_fn: Callable, batch: Batch,
-                     rot: RotConfig | None = None, epsilon=None, key: jax.Array | None = None) -> TrainState:
+                     rot: RotConfig | None = None, epsilon=None, key: jax.Array | None = None,
+                     model_state=None) -> TrainState:
   """Initial state: optimizer state, cold-start (zero) potentials shaped as loss_fn returns them, and,
   with `rot.fixed_targets`, the prepared targets of `batch` (at `epsilon`, default rot.epsilon).
-  `key` (a PRNG key) makes every step draw fresh randomness (dropout rngs, regularizer sampling)."""
+  `key` (a PRNG key) makes every step draw fresh randomness (dropout rngs, regularizer sampling).
+  `model_state`: the model's non-trainable collections (e.g. {"batch_stats": variables["batch_stats"]});
+  `params` then holds the trainable ones only (e.g. {"params": variables["params"]})."""
   targets = None
   if rot is not None and rot.fixed_targets:
     targets = prepare_targets(batch[1], epsilon=rot.epsilon if epsilon is None else epsilon, solver=rot.solver)
   ot = NO_OT._replace(targets=targets)
   args = (params, batch, ot) + (() if epsilon is None else (None, epsilon))
-  _, metrics = jax.eval_shape(lambda *a: loss_fn(*a, key=key), *args)
+  _, metrics = jax.eval_shape(lambda *a: loss_fn(*a, key=key, model_state=model_state), *args)
   zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
   carry = metrics.get("ot")
   potentials = None if carry is None else zeros(carry.potentials)
-  return TrainState(params, optimizer.init(params), OtCarry(potentials, targets), key)
+  return TrainState(params, optimizer.init(params), OtCarry(potentials, targets), key, model_state)

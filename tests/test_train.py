@@ -142,3 +142,76 @@ def test_a_keyed_state_draws_new_randomness_each_step_reproducibly():
 def test_regularizer_without_weights_is_refused():
   with pytest.raises(ValueError, match="`regularizer_weights` must be given with `regularizer`"):
     make_loss_fn(Regressor(), RotConfig(), regularizer=_terms)
+
+
+class NormRegressor(nn.Module):
+  """Dense -> BatchNorm -> relu -> MT head: a model with non-trainable state (batch_stats)."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    h = nn.Dense(8)(x)
+    z = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
+    return rtjax.MultiTargetHead(2, 3)(z), z
+
+
+def test_model_state_is_updated_carried_and_never_differentiated():
+  model, batch = NormRegressor(), _problem()
+  variables = model.init(jax.random.PRNGKey(1), batch[0], train=False)
+  params, model_state = {"params": variables["params"]}, {"batch_stats": variables["batch_stats"]}
+  loss_fn = make_loss_fn(model, RotConfig(), model_kwargs={"train": True})
+  optimizer = optax.adam(1e-2)
+  state = init_train_state(params, optimizer, loss_fn, batch, model_state=model_state)
+  step = jax.jit(make_train_step(loss_fn, optimizer))
+  new, _ = step(state, batch)
+  # Independent NumPy: running mean = 0.9 * 0 + 0.1 * batch mean of the Dense output (pre-update weights);
+  # running var = 0.9 * 1 + 0.1 * the batch variance (flax keeps the biased variance).
+  dense = jax.tree.map(np.asarray, params["params"]["Dense_0"])
+  h = np.asarray(batch[0], np.float64) @ dense["kernel"] + dense["bias"]
+  stats = new.model_state["batch_stats"]["BatchNorm_0"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * h.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * h.var(0), rtol=1e-5)
+  assert "batch_stats" not in new.params and jax.tree.structure(new.opt_state) == jax.tree.structure(state.opt_state)
+  new2, _ = step(new, batch)  # carried: the second step starts from the first one's statistics
+  np.testing.assert_allclose(new2.model_state["batch_stats"]["BatchNorm_0"]["mean"],
+                             0.9 * stats["mean"] + 0.1 * _dense_mean(new.params, batch[0]), rtol=1e-4, atol=1e-6)
+
+
+def _dense_mean(params, x):
+  dense = jax.tree.map(np.asarray, params["params"]["Dense_0"])
+  return (np.asarray(x, np.float64) @ dense["kernel"] + dense["bias"]).mean(0)
+
+
+def test_rot_samples_draw_rows_per_step_as_documented():
+  model, (x, y) = Regressor(), _problem()
+  params = model.init(jax.random.PRNGKey(1), x)
+  key = jax.random.PRNGKey(3)
+  _, z = model.apply(params, x)
+  full_fn = make_loss_fn(model, RotConfig(lam=1.0, epsilon=0.5, warm_start=False))
+  all_rows = make_loss_fn(model, RotConfig(lam=1.0, epsilon=0.5, warm_start=False, samples=32))
+  np.testing.assert_allclose(float(all_rows(params, (x, y), key=key)[1]["rot"]),
+                             float(full_fn(params, (x, y))[1]["rot"]), rtol=1e-6)
+  some = make_loss_fn(model, RotConfig(lam=1.0, epsilon=0.5, warm_start=False, samples=12))
+  # The documented draw: rows = choice(k, n, (samples,), replace=False), k the third key of the step's split.
+  sample_key = jax.random.split(jax.random.fold_in(key, 0x5EED))[0]
+  rows = np.asarray(jax.random.choice(sample_key, 32, (12,), replace=False))
+  expected = rtjax.rot_loss(z[rows], y[rows], epsilon=0.5)
+  got = some(params, (x, y), key=key)[1]["rot"]
+  np.testing.assert_allclose(float(got), float(expected), rtol=1e-5)
+  assert float(some(params, (x, y), key=jax.random.PRNGKey(4))[1]["rot"]) != pytest.approx(float(got))
+  with pytest.raises(ValueError, match="give the state a key"):
+    some(params, (x, y))
+  with pytest.raises(ValueError, match="`samples` must be an integer >= 2"):
+    RotConfig(samples=1)
+  with pytest.raises(ValueError, match="fixed_targets"):
+    RotConfig(samples=8, fixed_targets=True)
+
+
+def test_targets_fn_gives_per_copy_targets_to_the_task_loss_only():
+  model, (x, y) = Regressor(), _problem()
+  params = model.init(jax.random.PRNGKey(1), x)
+  noise = lambda y, key: jnp.concatenate([y[:, None], jnp.zeros((y.shape[0], 3, 3))], axis=1)  # [n, M=4, 3]
+  loss, _ = make_loss_fn(model, RotConfig(), targets_fn=noise)(params, (x, y))
+  pred, _ = model.apply(params, x)
+  pred = np.asarray(pred, np.float64)
+  expected = (np.sum((pred[:, 0] - np.asarray(y)) ** 2) + np.sum(pred[:, 1:] ** 2)) / pred.size
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
