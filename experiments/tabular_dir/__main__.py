@@ -1,0 +1,5 @@
+import sys
+
+from experiments.tabular_dir.main import main
+
+sys.exit(main())
