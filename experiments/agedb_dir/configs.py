@@ -11,7 +11,7 @@ neither weight is given there).
 """
 from __future__ import annotations
 
-from experiments.common.dir_methods import TABLE_METHODS, Defaults, method_table
+from experiments.common.dir_methods import TABLE_METHODS, Defaults, ablations, method_table
 from experiments.common.dir_training import Schedule
 
 IMAGE_SIZE = 224
@@ -23,9 +23,7 @@ MAX_AGE = 101  # ages 0..101: Ordinal Entropy's classes are the integer ages
 DEFAULTS = Defaults()
 METHODS = method_table(DEFAULTS)
 TABLE = TABLE_METHODS
-ABLATIONS = tuple(m for m in METHODS if m not in TABLE_METHODS)
-NAMES = {"baseline": "Baseline", "ranksim": "+ RankSim", "oe": "+ OE", "phreg": "+ PH-Reg", "mt": "+ MT",
-         "ot": "+ L_ot", "mt_ot": "+ MT + L_ot", "noise": "+ MT, noise targets"}
+ABLATIONS = ablations(METHODS)
 
 # Paper Table 1 and Table 5 (MAE, mean over 10 runs): all / many / medium / few.
 PAPER = {

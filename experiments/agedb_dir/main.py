@@ -85,7 +85,7 @@ def main(argv=None) -> int:
   import rtjax
   from experiments.agedb_dir import configs, data
   from experiments.agedb_dir.input_pipeline import AgeDBData
-  from experiments.common.dir_methods import Labels
+  from experiments.common.dir_methods import NAMES, Labels
   from experiments.common.dir_study import Study, run_study
   from experiments.common.resnet import resnet
 
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
   report = run_study(study, dataset, out=args.out, resume=args.resume, mesh=rtjax.data_mesh(),
                      progress=not args.no_progress, markdown=lambda r: _markdown(r, devices))
   dir_report.per_bin_figure(report, args.out / "per_bin.png", train_labels=train_labels, bin_width=1.0,
-                            names=configs.NAMES, xlabel="age (test label)",
+                            names=NAMES, xlabel="age (test label)",
                             methods=tuple(m for m in configs.TABLE if m in report["runs"]))
   print((args.out / "results.md").read_text())
   return cli.exit_status(report)
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
 
 def _markdown(report: dict, devices) -> str:
   from experiments.agedb_dir import configs
+  from experiments.common.dir_methods import NAMES
 
   s = report["settings"]
   speed = {m: np.mean([h["examples_per_second"] for r in runs.values() for h in r["history"]])
@@ -131,10 +132,10 @@ def _markdown(report: dict, devices) -> str:
       f"Split sizes {s['sizes']}. Devices: {len(devices)} × {devices[0].device_kind}.",
       dir_report.shot_sizes(report) if report["runs"] else "",
       "## Test MAE per shot (years; paper: Table 1 / Table 5)",
-      dir_report.shot_table(report, "mae", names=configs.NAMES, paper=configs.PAPER),
-      "## Test GM per shot (years)", dir_report.shot_table(report, "gm", names=configs.NAMES),
+      dir_report.shot_table(report, "mae", names=NAMES, paper=configs.PAPER),
+      "## Test GM per shot (years)", dir_report.shot_table(report, "gm", names=NAMES),
       "## Training throughput (examples / s, mean over epochs and seeds)",
-      "\n".join(f"- {configs.NAMES.get(m, m)}: {v:,.0f}" for m, v in speed.items()),
+      "\n".join(f"- {NAMES.get(m, m)}: {v:,.0f}" for m, v in speed.items()),
       "![test MAE per age](per_bin.png)",
   ]) + "\n"
 

@@ -21,6 +21,9 @@ from rtjax.train import RotConfig
 
 PEERS = ("ranksim", "oe", "phreg")
 TABLE_METHODS = ("baseline", "ranksim", "oe", "phreg", "mt", "ot", "mt_ot")  # Table 1's rows, in its order
+# Row names as the paper prints them; the ablations keep their keys (ot_lam10, mt16, ...).
+NAMES = {"baseline": "Baseline", "ranksim": "+ RankSim", "oe": "+ OE", "phreg": "+ PH-Reg", "mt": "+ MT",
+         "ot": "+ L_ot", "mt_ot": "+ MT + L_ot", "noise": "+ MT, noise targets"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,11 @@ class Defaults:
   phreg_weights: tuple[float, float] = (PUBLISHED_SETTINGS["agedb"]["lambda_t"],
                                         PUBLISHED_SETTINGS["agedb"]["lambda_d"])
   phreg_points: tuple[int, int, int] = (128, 256, 16)
+
+
+def ablations(table: dict[str, Method]) -> tuple[str, ...]:
+  """The keys of `table` that are not Table 1 rows (Table 5's ablations)."""
+  return tuple(m for m in table if m not in TABLE_METHODS)
 
 
 def method_table(d: Defaults = Defaults()) -> dict[str, Method]:

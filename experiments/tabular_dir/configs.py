@@ -9,7 +9,7 @@ and reported in $.
 """
 from __future__ import annotations
 
-from experiments.common.dir_methods import TABLE_METHODS, Defaults, method_table
+from experiments.common.dir_methods import TABLE_METHODS, Defaults, ablations, method_table
 from experiments.common.dir_training import Schedule
 
 TARGET_UNIT = 1000.0  # $ per training unit
@@ -23,6 +23,4 @@ SEEDS = tuple(range(10))
 DEFAULTS = Defaults()
 METHODS = method_table(DEFAULTS)
 TABLE = TABLE_METHODS
-ABLATIONS = tuple(m for m in METHODS if m not in TABLE_METHODS)
-NAMES = {"baseline": "Baseline", "ranksim": "+ RankSim", "oe": "+ OE", "phreg": "+ PH-Reg", "mt": "+ MT",
-         "ot": "+ L_ot", "mt_ot": "+ MT + L_ot", "noise": "+ noise targets (M = 8)"}
+ABLATIONS = ablations(METHODS)

@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from experiments.common import cli, dir_report, results
-from experiments.common.dir_methods import Labels
+from experiments.common.dir_methods import NAMES, Labels
 from experiments.common.dir_study import Study, run_study
 from experiments.common.dir_training import ArrayData
 from experiments.tabular_dir import configs, data
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
   report = run_study(study, arrays, out=args.out, resume=args.resume, workers=args.workers,
                      progress=not args.no_progress, markdown=markdown)
   dir_report.per_bin_figure(report, args.out / "per_bin.png", train_labels=d.y_train, bin_width=d.bin_width,
-                            origin=d.bin_origin, names=configs.NAMES, xlabel=f"{d.target} (test label)",
+                            origin=d.bin_origin, names=NAMES, xlabel=f"{d.target} (test label)",
                             methods=tuple(m for m in configs.TABLE if m in report["runs"]))
   print((args.out / "results.md").read_text())
   return cli.exit_status(report)
@@ -94,9 +94,9 @@ def _markdown(report: dict, d: data.TabularDIR) -> str:
       f"{s['schedule']['task_loss']} loss, MLP {s['hidden']}, best epoch by validation MAE. "
       "Mean ± std over seeds; the test set is the same for every seed.",
       dir_report.shot_sizes(report),
-      "## Test MAE per shot ($)", dir_report.shot_table(report, "mae", names=configs.NAMES, digits=0),
+      "## Test MAE per shot ($)", dir_report.shot_table(report, "mae", names=NAMES, digits=0),
       "## Test GM per shot ($; geometric mean of |error|)",
-      dir_report.shot_table(report, "gm", names=configs.NAMES, digits=0),
+      dir_report.shot_table(report, "gm", names=NAMES, digits=0),
       "![test MAE per price bin](per_bin.png)",
   ]) + "\n"
 
