@@ -15,8 +15,13 @@ errors of a region's labels over their count), not averages of per-bin averages:
   code (which calls it) give; nothing is floored.
 - An empty region has count 0 and NaN metrics (there is nothing to average); the count says why.
 
-`shot_index` is data preparation (NumPy, run once); `shot_metrics` is a pure jnp function (jit-able, a
-`mask` keeps shapes static for padded evaluation batches).
+Depth estimation (NYUD2-DIR) reports per pixel, over valid pixels of fixed shot bin lists
+(`bin_shots`), the published depth metrics (`depth_metrics`): RMSE, MSE, MAE, AbsRel = mean |e| / y,
+log10 = mean |log10 ŷ - log10 y|, and δ_k = the fraction of pixels with max(ŷ / y, y / ŷ) < 1.25^k. The
+logarithms and ratios need ŷ > 0: predictions are clipped to `min_depth` (1e-3 m) first.
+
+`shot_index` and `bin_shots` are data preparation (NumPy, run once); `shot_metrics` and `depth_metrics`
+are pure jnp functions (jit-able; a `mask` keeps shapes static for padded evaluation batches).
 """
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["FEW", "MANY", "MEDIUM", "SHOTS", "ShotCounts", "label_bins", "shot_counts", "shot_index",
-           "shot_metrics"]
+__all__ = ["FEW", "MANY", "MEDIUM", "SHOTS", "ShotCounts", "bin_shots", "depth_metrics", "label_bins", "shot_counts",
+           "shot_index", "shot_metrics"]
 
 SHOTS = ("many", "medium", "few")
 MANY, MEDIUM, FEW = 0, 1, 2
@@ -134,4 +139,64 @@ def shot_metrics(predictions, labels, shots, *, mask=None) -> dict[str, dict[str
   out = {"all": _region(abs_err, sq_err, valid)}
   for index, name in enumerate(SHOTS):
     out[name] = _region(abs_err, sq_err, valid & (shots == index))
+  return out
+
+
+def bin_shots(bins, shot_of_bin) -> np.ndarray:
+  """[...] region of each bin index from a fixed table: `shot_of_bin` [B] (MANY/MEDIUM/FEW per bin; e.g.
+  NYUD2-DIR's published lists). Bins outside [0, B) are FEW."""
+  bins, table = np.asarray(bins), np.asarray(shot_of_bin)
+  if table.ndim != 1 or not np.isin(table, (MANY, MEDIUM, FEW)).all():
+    raise ValueError(f"`shot_of_bin` must be [B] of MANY/MEDIUM/FEW (0/1/2), got shape {table.shape}.")
+  inside = (bins >= 0) & (bins < table.size)
+  return np.where(inside, table[np.clip(bins, 0, table.size - 1)], FEW).astype(np.int32)
+
+
+def _depth_region(pred, target, member) -> dict[str, jax.Array]:
+  count = jnp.sum(member)
+  mean = lambda v: jnp.where(count == 0, jnp.nan, jnp.sum(jnp.where(member, v, 0)) / jnp.maximum(count, 1))
+  err = pred - target
+  safe = jnp.where(member, target, 1)  # masked-out pixels (depth 0) never divide
+  ratio = jnp.maximum(pred / safe, safe / pred)
+  out = {"mse": mean(err**2), "mae": mean(jnp.abs(err)), "abs_rel": mean(jnp.abs(err) / safe),
+         "log10": mean(jnp.abs(jnp.log10(pred) - jnp.log10(safe)))}
+  out["rmse"] = jnp.sqrt(out["mse"])
+  for k in (1, 2, 3):
+    out[f"delta{k}"] = mean((ratio < 1.25**k).astype(pred.dtype))
+  out["count"] = count
+  return out
+
+
+def depth_metrics(pred, target, shots, *, mask=None, min_depth: float = 1e-3) -> dict[str, dict[str, jax.Array]]:
+  """NYUD2-DIR's per-pixel metrics over all pixels and per region.
+
+  Args:
+    pred: [...] floating predicted depths (any shape, e.g. [B, H, W]); clipped below at `min_depth`.
+    target: [...] true depths, same shape.
+    shots: [...] integer region per pixel (e.g. `bin_shots` of the depth bins).
+    mask: optional [...] bool, the pixels that count (e.g. NYUD2-DIR's balanced test mask); pixels with
+      target <= 0 never count.
+    min_depth: > 0, the clip of the predictions (logarithms and ratios need ŷ > 0).
+
+  Returns:
+    {"all" | "many" | "medium" | "few": {"rmse", "mse", "mae", "abs_rel", "log10", "delta1", "delta2",
+    "delta3": [], "count": [] int}}; an empty region has count 0 and NaN metrics.
+  """
+  pred, target, shots = (jnp.asarray(a) for a in (pred, target, shots))
+  arrays = (("target", target), ("shots", shots)) + (() if mask is None else (("mask", jnp.asarray(mask)),))
+  for name, a in arrays:
+    if a.shape != pred.shape:
+      raise ValueError(f"`{name}` must have the shape of `pred` {pred.shape}, got {a.shape}.")
+  if not jnp.issubdtype(pred.dtype, jnp.floating):
+    raise ValueError(f"`pred` must be floating, got dtype {pred.dtype}.")
+  if not jnp.issubdtype(shots.dtype, jnp.integer):
+    raise ValueError(f"`shots` must be integer region indices, got dtype {shots.dtype}.")
+  if not (isinstance(min_depth, (int, float)) and min_depth > 0):
+    raise ValueError(f"`min_depth` must be a positive number, got {min_depth!r}.")
+  target = target.astype(pred.dtype)
+  valid = target > 0 if mask is None else jnp.asarray(mask, bool) & (target > 0)
+  pred = jnp.maximum(pred, min_depth)
+  out = {"all": _depth_region(pred, target, valid)}
+  for index, name in enumerate(SHOTS):
+    out[name] = _depth_region(pred, target, valid & (shots == index))
   return out

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rtjax.shots import FEW, MANY, MEDIUM, label_bins, shot_counts, shot_index, shot_metrics
+from rtjax.shots import FEW, MANY, MEDIUM, bin_shots, depth_metrics, label_bins, shot_counts, shot_index, shot_metrics
 
 
 def test_label_bins_by_hand():
@@ -88,3 +88,43 @@ def test_shot_metrics_rejects_mismatched_shapes():
     shot_metrics(jnp.zeros(3), jnp.zeros(4), jnp.zeros(3, jnp.int32))
   with pytest.raises(ValueError, match="shots"):
     shot_metrics(jnp.zeros(3), jnp.zeros(3), jnp.zeros(3))
+
+
+def _depth_reference(pred, y, member):
+  """float64 NumPy, the published formulas: RMSE, MAE, AbsRel, log10, deltas over the member pixels."""
+  p, t = np.maximum(pred[member], 1e-3).astype(np.float64), y[member].astype(np.float64)
+  ratio = np.maximum(p / t, t / p)
+  return {"rmse": np.sqrt(np.mean((p - t) ** 2)), "mse": np.mean((p - t) ** 2), "mae": np.mean(np.abs(p - t)),
+          "abs_rel": np.mean(np.abs(p - t) / t), "log10": np.mean(np.abs(np.log10(p) - np.log10(t))),
+          "delta1": np.mean(ratio < 1.25), "delta2": np.mean(ratio < 1.25**2), "delta3": np.mean(ratio < 1.25**3),
+          "count": member.sum()}
+
+
+def test_depth_metrics_match_numpy_with_invalid_pixels_and_mask(x64):
+  rng = np.random.default_rng(1)
+  y = rng.uniform(0.5, 9.5, (2, 6, 7))
+  y[0, 0, :3] = 0.0  # invalid (no depth): never counted
+  pred = y * rng.uniform(0.6, 1.6, y.shape)
+  pred[1, 2, 2] = -1.0  # a negative prediction is clipped to 1e-3
+  bins = np.minimum((y * 10).astype(int), 99)
+  table = np.full(100, FEW)
+  table[20:60], table[60:80] = MANY, MEDIUM
+  shots = bin_shots(bins, table)
+  mask = rng.uniform(size=y.shape) > 0.25
+  got = jax.jit(depth_metrics)(jnp.asarray(pred), jnp.asarray(y), jnp.asarray(shots), mask=jnp.asarray(mask))
+  valid = mask & (y > 0)
+  for region, member in [("all", valid), ("many", valid & (shots == 0)), ("medium", valid & (shots == 1)),
+                         ("few", valid & (shots == 2))]:
+    ref = _depth_reference(pred, y, member)
+    for k, v in ref.items():
+      np.testing.assert_allclose(float(got[region][k]), v, rtol=1e-12, err_msg=f"{region} {k}")
+
+
+def test_bin_shots_by_hand_and_errors():
+  np.testing.assert_array_equal(bin_shots([0, 1, 2, 5, -1], [MANY, MEDIUM, FEW]), [MANY, MEDIUM, FEW, FEW, FEW])
+  with pytest.raises(ValueError, match="shot_of_bin"):
+    bin_shots([0], [7])
+  with pytest.raises(ValueError, match="pred"):
+    depth_metrics(jnp.zeros((2, 2), jnp.int32), jnp.ones((2, 2)), jnp.zeros((2, 2), jnp.int32))
+  with pytest.raises(ValueError, match="target"):
+    depth_metrics(jnp.zeros((2, 2)), jnp.ones((2, 3)), jnp.zeros((2, 2), jnp.int32))
