@@ -85,7 +85,7 @@ def main(argv=None) -> int:
   import rtjax
   from experiments.agedb_dir import configs, data
   from experiments.agedb_dir.input_pipeline import AgeDBData
-  from experiments.common.dir_methods import NAMES, Labels
+  from experiments.common.dir_methods import NAMES, Labels, regressor
   from experiments.common.dir_study import Study, run_study
   from experiments.common.resnet import resnet
 
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
   devices = jax.devices()
   study = Study(
       task="agedb_dir", methods=methods, seeds=tuple(range(args.seeds)), schedule=schedule,
-      encoder=lambda: resnet(args.depth, width=args.width, dtype=dtype),
+      model=regressor(lambda: resnet(args.depth, width=args.width, dtype=dtype)),
       labels=Labels(1.0, 0.0, num_classes=configs.MAX_AGE + 1), noise_std=float(np.std(train_labels)),
       shots=tuple(args.shots),
       settings={"image_size": args.image_size, "depth": args.depth, "width": args.width,

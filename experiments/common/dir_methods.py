@@ -109,9 +109,15 @@ class Regressor(nn.Module):
     return rtjax.MultiTargetHead(self.num_targets, 1)(features), features
 
 
+def regressor(encoder: Callable[[], nn.Module]) -> Callable[[Method], Regressor]:
+  """method -> `Regressor(encoder(), method.num_targets)`: a fresh encoder with the method's MT head."""
+  return lambda method: Regressor(encoder(), method.num_targets)
+
+
 def predict(method: Method, pred: jax.Array) -> jax.Array:
-  """[n] the prediction: the mean of the copies (MT), or the first output when the others regress noise."""
-  return pred[:, 0, 0] if method.noise else rtjax.mt_predict(pred)[:, 0]
+  """[n, ...] from pred [n, ..., M, 1]: the mean of the copies (MT), or the first output when the others
+  regress noise."""
+  return pred[..., 0, 0] if method.noise else rtjax.mt_predict(pred)[..., 0]
 
 
 @dataclasses.dataclass(frozen=True)

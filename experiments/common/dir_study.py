@@ -19,11 +19,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import flax.linen as nn
 import numpy as np
 from tqdm.auto import tqdm
 
 from experiments.common import results
-from experiments.common.dir_methods import Labels, Method
+from experiments.common.dir_methods import Labels, Method, loss_pieces
 from experiments.common.dir_training import (
   DIRData,
   Program,
@@ -38,16 +39,25 @@ from experiments.common.dir_training import (
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-  """What a table is made of. `encoder()` builds a fresh Flax encoder; `scale` converts model units to
-  reported units (e.g. 1000 when a price is trained in $1000s and reported in $)."""
+  """What a table is made of.
+
+  `model(method)` builds the Flax model of a method (e.g. `dir_methods.regressor(encoder_factory)`);
+  `pieces(method)` its loss pieces (default `loss_pieces(method, labels=..., noise_std=...)`); `output` maps
+  predictions inside the predictor (e.g. an upsampling); `evaluate(pred, labels)` replaces the per-shot
+  table of a run (default: `run_metrics` with `shots` and the label bins). `scale` converts model units to
+  reported units (e.g. 1000 when a price is trained in $1000s and reported in $).
+  """
   task: str
   methods: dict[str, Method]
   seeds: tuple[int, ...]
   schedule: Schedule
-  encoder: Callable
+  model: Callable[[Method], nn.Module]
   labels: Labels
   noise_std: float = 1.0
   scale: float = 1.0
+  pieces: Callable[[Method], dict] | None = None
+  output: Callable | None = None
+  evaluate: Callable[[np.ndarray, np.ndarray], dict] | None = None
   shots: tuple[int, int] = (100, 20)  # (many, few) thresholds on training examples per bin
   settings: dict = dataclasses.field(default_factory=dict)  # recorded with the results (protocol, data)
 
@@ -64,8 +74,11 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
   def program(name: str) -> Program:
     with lock:  # one compiled program per method, shared by its seeds
       if name not in programs:
-        programs[name] = build_program(study.encoder(), study.methods[name], study.schedule, labels=study.labels,
-                                       steps_per_epoch=steps, noise_std=study.noise_std)
+        method = study.methods[name]
+        pieces = (study.pieces(method) if study.pieces else
+                  loss_pieces(method, labels=study.labels, noise_std=study.noise_std))
+        programs[name] = build_program(study.model(method), method, study.schedule, pieces=pieces,
+                                       steps_per_epoch=steps, output=study.output)
       return programs[name]
 
   def one(unit):
@@ -78,9 +91,12 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
     pred, labels, train = pred * study.scale, labels * study.scale, np.asarray(data.train_labels) * study.scale
     width, origin = study.labels.bin_width * study.scale, study.labels.origin * study.scale
     many, few = study.shots
-    entry = {"test": run_metrics(pred, labels, train, bin_width=width, origin=origin, many=many, few=few),
+    test = (study.evaluate(pred, labels) if study.evaluate else
+            run_metrics(pred, labels, train, bin_width=width, origin=origin, many=many, few=few))
+    entry = {"test": test,
              "per_bin": per_bin_errors(pred, labels, bin_width=width, origin=origin),
-             "best_epoch": run.best_epoch, "best_val_mae": run.best_val_mae * study.scale,
+             "best_epoch": run.best_epoch,
+             "best_val_mae": None if run.best_val_mae is None else run.best_val_mae * study.scale,
              "history": run.history, "seconds": time.perf_counter() - start}
     with lock:
       report["runs"].setdefault(name, {})[str(seed)] = entry

@@ -1,6 +1,7 @@
 """Training and evaluating one deep-imbalanced-regression run (AgeDB-DIR's protocol, any data).
 
-    program = build_program(encoder, method, schedule, labels=..., steps_per_epoch=...)   # once per method
+    program = build_program(Regressor(encoder, method.num_targets), method, schedule,
+                            pieces=loss_pieces(method, labels=...), steps_per_epoch=...)   # once per method
     run = fit(program, data, seed, checkpoints=dir, mesh=rtjax.data_mesh())                # per seed
     pred, y = predictions(program, run.best, data, "test", mesh=mesh)
 
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 import rtjax
 from experiments.common.checkpoints import Checkpoints
-from experiments.common.dir_methods import Labels, Method, Regressor, loss_pieces, predict
+from experiments.common.dir_methods import Method, predict
 from rtjax.train import TrainState, init_train_state, make_loss_fn, make_train_step
 
 
@@ -45,6 +47,7 @@ class Schedule:
   weight_decay: float = 0.0
   task_loss: str = "l1"
   eval_batch_size: int = 256
+  select_best: bool = True  # best epoch by validation MAE; False: the last epoch (no validation split)
 
 
 class DIRData(Protocol):
@@ -97,24 +100,30 @@ class Program(NamedTuple):
   """A method's compiled pieces, shared by its seeds: the model, the optimizer, the jitted step and predictor."""
   method: Method
   schedule: Schedule
-  model: Regressor
+  model: nn.Module
   optimizer: optax.GradientTransformation
   loss_fn: Callable
   step: Callable
   predict: Callable  # (variables, x) -> [b] predictions
 
 
-def build_program(encoder, method: Method, schedule: Schedule, *, labels: Labels, steps_per_epoch: int,
-                  noise_std: float = 1.0) -> Program:
-  """The model (encoder + MT head), Adam with the milestone schedule, and the jitted train step/predictor."""
-  model = Regressor(encoder, method.num_targets)
+def build_program(model: nn.Module, method: Method, schedule: Schedule, *, pieces: dict, steps_per_epoch: int,
+                  output: Callable[[jax.Array], jax.Array] | None = None) -> Program:
+  """Adam with the milestone schedule, and the jitted train step and predictor of `model`.
+
+  Args:
+    model: (x, *, train) -> (pred [b, ..., M, 1], features), e.g. `Regressor(encoder, method.num_targets)`.
+    pieces: `make_loss_fn`'s keyword arguments ("rot", "regularizer", ...), e.g. `loss_pieces(method, ...)`.
+    output: maps the prediction [b, ...] inside the predictor (e.g. an upsampling to the labels' size).
+  """
   lr = optax.piecewise_constant_schedule(
       schedule.lr, {m * steps_per_epoch: schedule.lr_decay for m in schedule.milestones})
   optimizer = optax.adamw(lr, weight_decay=schedule.weight_decay) if schedule.weight_decay else optax.adam(lr)
-  pieces = loss_pieces(method, labels=labels, noise_std=noise_std)
+  pieces = dict(pieces)
   loss_fn = make_loss_fn(model, pieces.pop("rot"), schedule.task_loss, model_kwargs={"train": True}, **pieces)
   step = jax.jit(make_train_step(loss_fn, optimizer), donate_argnums=0)
-  predictor = jax.jit(lambda variables, x: predict(method, model.apply(variables, x, train=False)[0]))
+  output = output or (lambda pred: pred)
+  predictor = jax.jit(lambda variables, x: output(predict(method, model.apply(variables, x, train=False)[0])))
   return Program(method, schedule, model, optimizer, loss_fn, step, predictor)
 
 
@@ -185,14 +194,16 @@ def _epoch(program, data, seed, epoch, tree, record, mesh, bar):
   seconds = time.perf_counter() - start
   if not np.all(np.isfinite(losses)):
     raise FloatingPointError(f"non-finite training loss in epoch {epoch} (seed {seed}); the run stops here.")
-  pred, labels = predictions(program, _variables(state), data, "val", mesh=mesh)
-  val_mae = float(np.mean(np.abs(pred - labels)))
+  val_mae = None  # no validation split (select_best=False): the last epoch is kept
+  if program.schedule.select_best:
+    pred, labels = predictions(program, _variables(state), data, "val", mesh=mesh)
+    val_mae = float(np.mean(np.abs(pred - labels)))
   entry = {"epoch": epoch, "train_loss": float(losses.mean()), "val_mae": val_mae, "train_seconds": seconds,
            "examples_per_second": len(losses) * batch_size / seconds}
-  best = record["best_val_mae"] is None or val_mae < record["best_val_mae"]
+  best = val_mae is None or record["best_val_mae"] is None or val_mae < record["best_val_mae"]
   record = {"epoch": epoch, "best_epoch": epoch if best else record["best_epoch"],
             "best_val_mae": val_mae if best else record["best_val_mae"], "history": [*record["history"], entry]}
-  bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3g}", val_mae=f"{val_mae:.3g}",
+  bar.set_postfix(epoch=epoch, loss=f"{entry['train_loss']:.3g}", val_mae=f"{val_mae or float('nan'):.3g}",
                   ex_s=f"{entry['examples_per_second']:.0f}")
   # A copy: the next step donates (frees) the state's buffers.
   return {"state": state, "best": jax.tree.map(jnp.copy, _variables(state)) if best else tree["best"]}, record
@@ -200,7 +211,7 @@ def _epoch(program, data, seed, epoch, tree, record, mesh, bar):
 
 def predictions(program: Program, variables: dict, data: DIRData, split: str, *, mesh=None) -> tuple[np.ndarray,
                                                                                                        np.ndarray]:
-  """([m] predictions, [m] labels) of a split, padding removed."""
+  """([m] predictions, [m] labels) of a split: the entries its mask keeps (padding removed; per pixel for maps)."""
   mesh = mesh if mesh is not None else rtjax.data_mesh(jax.local_devices()[:1])
   preds, labels = [], []
   for x, y, mask in data.eval_batches(split, batch_size=program.schedule.eval_batch_size):

@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from experiments.common import cli, dir_report, results
-from experiments.common.dir_methods import NAMES, Labels
+from experiments.common.dir_methods import NAMES, Labels, regressor
 from experiments.common.dir_study import Study, run_study
 from experiments.common.dir_training import ArrayData
 from experiments.tabular_dir import configs, data
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
   study = Study(
       task="tabular_dir", methods={m: configs.METHODS[m] for m in args.methods}, seeds=tuple(range(args.seeds)),
       schedule=configs.SCHEDULE.__class__(**{**configs.SCHEDULE.__dict__, "epochs": args.epochs}),
-      encoder=lambda: MLPEncoder(configs.HIDDEN),
+      model=regressor(lambda: MLPEncoder(configs.HIDDEN)),
       labels=Labels(width, origin, num_classes=int(d.n_bins)), noise_std=float(arrays.y_train.std()), scale=unit,
       settings={"data": d.name, "target": d.target, "bin_width": d.bin_width, "bin_origin": d.bin_origin,
                 "sizes": [len(d.y_train), len(d.y_val), len(d.y_test)], "hidden": list(configs.HIDDEN)})

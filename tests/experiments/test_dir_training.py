@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.common import dir_methods, dir_study
-from experiments.common.dir_methods import Labels, Method, method_table
+from experiments.common.dir_methods import Labels, Method, Regressor, loss_pieces, method_table
 from experiments.common.dir_training import ArrayData, Schedule, build_program, fit, predictions, run_metrics
 
 
@@ -55,7 +55,8 @@ def _strip(history):
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
   data = _data()
   method = Method(num_targets=4, lam=10.0, epsilon=0.5, rot_samples=32)  # MT + L_ot on sampled rows: keyed
-  program = build_program(Encoder(), method, SCHEDULE, labels=LABELS, steps_per_epoch=data.num_train_batches(64))
+  program = build_program(Regressor(Encoder(), 4), method, SCHEDULE, pieces=loss_pieces(method, labels=LABELS),
+                          steps_per_epoch=data.num_train_batches(64))
   whole = fit(program, data, 3, checkpoints=tmp_path / "a", progress=False)
 
   def stop(epoch, record):
@@ -84,8 +85,10 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_noise_targets_predict_with_the_first_output_and_shots_are_reported():
   data = _data()
-  program = build_program(Encoder(), Method(num_targets=3, noise=True), SCHEDULE, labels=LABELS,
-                          steps_per_epoch=data.num_train_batches(64), noise_std=5.0)
+  method = Method(num_targets=3, noise=True)
+  program = build_program(Regressor(Encoder(), 3), method, SCHEDULE,
+                          pieces=loss_pieces(method, labels=LABELS, noise_std=5.0),
+                          steps_per_epoch=data.num_train_batches(64))
   run = fit(program, data, 0, progress=False)
   outputs = program.model.apply(run.best, data.x_test, train=False)[0]
   pred, y = predictions(program, run.best, data, "test")
@@ -101,7 +104,7 @@ def test_study_resume_keeps_finished_runs(tmp_path):
   data = _data()
   study = lambda seeds: dir_study.Study(
       task="t", methods={"baseline": Method(), "ot": Method(lam=1.0, epsilon=0.5, rot_samples=32)}, seeds=seeds,
-      schedule=SCHEDULE, encoder=Encoder, labels=LABELS)
+      schedule=SCHEDULE, model=dir_methods.regressor(Encoder), labels=LABELS)
   md = lambda report: "x"
   first = dir_study.run_study(study((0,)), data, out=tmp_path, progress=False, markdown=md)
   second = dir_study.run_study(study((0, 1)), data, out=tmp_path, resume=True, progress=False, markdown=md)
@@ -114,3 +117,12 @@ def test_study_resume_keeps_finished_runs(tmp_path):
     other = study((0,))
     other = dir_study.Study(**{**other.__dict__, "schedule": Schedule(epochs=2, batch_size=64)})
     dir_study.run_study(other, data, out=tmp_path, resume=True, progress=False, markdown=md)
+
+
+def test_without_validation_the_last_epoch_is_kept():
+  data = _data()
+  schedule = Schedule(epochs=2, batch_size=64, lr=1e-2, milestones=(), eval_batch_size=48, select_best=False)
+  program = build_program(Regressor(Encoder(), 1), Method(), schedule, pieces=loss_pieces(Method(), labels=LABELS),
+                          steps_per_epoch=data.num_train_batches(64))
+  run = fit(program, data, 0, progress=False)
+  assert run.best_epoch == 1 and run.best_val_mae is None and [h["val_mae"] for h in run.history] == [None, None]
