@@ -31,11 +31,11 @@ from typing import Any, NamedTuple
 
 import grain
 import numpy as np
-from absl import flags
+
+from experiments.common.grain_data import check_non_negative, check_positive, iterate, shuffle_seed
 
 # Domain tags: numpy's SeedSequence pads short entropy lists with zeros, so (seed, epoch) and
 # (seed, epoch, 0) would otherwise seed the same stream.
-_SHUFFLE_TAG = 0x5F1
 _AUGMENT_TAG = 0xA06
 
 
@@ -46,30 +46,13 @@ class CropFlip(NamedTuple):
   flip: bool
 
 
-def _check_non_negative(**values: int) -> None:
-  for name, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-      raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
-def _check_batch_size(batch_size: int) -> None:
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
-def shuffle_seed(seed: int, epoch: int) -> int:
-  """The grain shuffle seed of epoch `epoch` of a run seeded with `seed`: a pure function of both."""
-  _check_non_negative(seed=seed, epoch=epoch)
-  return int(np.random.SeedSequence([_SHUFFLE_TAG, seed, epoch]).generate_state(1)[0])
-
-
 def augmentation_params(seed: int, epoch: int, index: int, *, pad: int = 16) -> CropFlip:
   """The crop offsets and flip of example `index` (its index in the source) in epoch `epoch`.
 
   As torchvision's RandomCrop(S, padding=pad) + RandomHorizontalFlip(0.5): dy, dx uniform in {0, ..., 2·pad},
   flip with probability 1/2; a pure function of (seed, epoch, index).
   """
-  _check_non_negative(seed=seed, epoch=epoch, index=index, pad=pad)
+  check_non_negative(seed=seed, epoch=epoch, index=index, pad=pad)
   rng = np.random.default_rng([_AUGMENT_TAG, seed, epoch, index])
   dy, dx = rng.integers(0, 2 * pad + 1, size=2)
   return CropFlip(int(dy), int(dx), bool(rng.random() < 0.5))
@@ -98,7 +81,7 @@ def normalise(images: np.ndarray) -> np.ndarray:
 
 def num_train_batches(source: Sequence[Any], batch_size: int) -> int:
   """Full batches per training epoch: len(source) // batch_size (the remainder is dropped)."""
-  _check_batch_size(batch_size)
+  check_positive(batch_size=batch_size)
   return len(source) // batch_size
 
 
@@ -121,31 +104,6 @@ def _normalise_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {name: normalise(value) if name == "image" else np.array(value) for name, value in batch.items()}
 
 
-def _closing(iterator: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-  # Closes grain's iterator (stopping its worker processes) when the epoch ends or the caller closes ours.
-  try:
-    yield from iterator
-  finally:
-    close = getattr(iterator, "close", None)
-    if close is not None:
-      close()
-
-
-def _iterate(batches: grain.MapDataset, *, num_workers: int, num_threads: int) -> Iterator[dict[str, np.ndarray]]:
-  # A thread builds a whole batch; a small buffer keeps at most ~2 batches per thread in memory.
-  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
-  ds = batches.to_iter_dataset(options)
-  if num_workers > 0:
-    # grain 0.2.18 with jaxlib >= 0.11 reads an absl flag (--grain_enable_multiprocess_worker_profiling) when
-    # it starts workers, which raises UnparsedFlagAccessError in a program that never parsed absl flags (a
-    # plain script, pytest): take the defaults then. A program that parses its flags later still can.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  # float32 conversion last, in the consumer: workers and buffers move uint8.
-  return _closing(iter(ds.map(_normalise_batch)))
-
-
 def train_batches(source: Sequence[Any], *, batch_size: int, seed: int, epoch: int, pad: int = 16,
                   num_workers: int = 0, num_threads: int = 4, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One training epoch: shuffled, augmented, full batches.
@@ -166,17 +124,15 @@ def train_batches(source: Sequence[Any], *, batch_size: int, seed: int, epoch: i
   Raises:
     ValueError: bad sizes or seeds, or fewer examples than one batch.
   """
-  _check_batch_size(batch_size)
-  _check_non_negative(seed=seed, epoch=epoch, pad=pad, num_workers=num_workers, start_batch=start_batch)
-  if num_threads < 1:
-    raise ValueError(f"num_threads must be positive, got {num_threads!r}")
+  check_positive(batch_size=batch_size)
+  check_non_negative(seed=seed, epoch=epoch, pad=pad, num_workers=num_workers, start_batch=start_batch)
   if len(source) < batch_size:
     raise ValueError(f"batch_size {batch_size} > {len(source)} training examples: drop_remainder leaves no batch")
   augment = functools.partial(_train_example, seed=int(seed), epoch=int(epoch), pad=int(pad))
   # map_with_index before shuffle: the index the augmentation sees is the example's index in `source`.
   ds = grain.MapDataset.source(source).map_with_index(augment).shuffle(seed=shuffle_seed(seed, epoch))
   ds = ds.batch(batch_size, drop_remainder=True)[start_batch:]
-  return _iterate(ds, num_workers=num_workers, num_threads=num_threads)
+  return iterate(ds, num_workers=num_workers, num_threads=num_threads, finish=_normalise_batch)
 
 
 def eval_batches(source: Sequence[Any], *, batch_size: int, num_workers: int = 0,
@@ -187,16 +143,15 @@ def eval_batches(source: Sequence[Any], *, batch_size: int, num_workers: int = 0
     {"image": float32 [b, S, S, 3] in [-1, 1], "age": float32 [b], "mask": bool [b]} (mask True = a real
     example; padding rows have age 0 and image -1), ceil(len(source) / b) batches.
   """
-  _check_batch_size(batch_size)
-  _check_non_negative(num_workers=num_workers)
-  if num_threads < 1:
-    raise ValueError(f"num_threads must be positive, got {num_threads!r}")
+  check_positive(batch_size=batch_size)
+  check_non_negative(num_workers=num_workers)
   if len(source) == 0:
     raise ValueError("eval_batches needs a non-empty source")
   shape = np.asarray(source[0]["image"]).shape
   padded = -(-len(source) // batch_size) * batch_size
   ds = grain.MapDataset.range(padded).map(functools.partial(_eval_example, source=source, shape=shape))
-  return _iterate(ds.batch(batch_size), num_workers=num_workers, num_threads=num_threads)
+  return iterate(ds.batch(batch_size), num_workers=num_workers, num_threads=num_threads,
+                 finish=_normalise_batch)
 
 
 class AgeDBData:
