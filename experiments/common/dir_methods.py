@@ -156,8 +156,14 @@ def loss_pieces(method: Method, *, labels: Labels, noise_std: float = 1.0) -> di
   if method.peer is not None:
     out.update(regularizer=_peer(method, labels), regularizer_weights=jnp.asarray(method.peer_weights, jnp.float32))
   if method.noise:
-    def noisy(y, key):  # [n, M, 1]: y for the first output, N(0, noise_std^2) for the others, fresh every step
-      noise = noise_std * jax.random.normal(key, (y.shape[0], method.num_targets - 1), y.dtype)
-      return jnp.concatenate([y[:, None], noise], axis=1)[..., None]
-    out["targets_fn"] = noisy
+    out["targets_fn"] = noise_targets(method.num_targets, noise_std)
   return out
+
+
+def noise_targets(num_targets: int, noise_std: float) -> Callable:
+  """(y [n, ...], key) -> [n, ..., M, 1]: y for the first output, fresh N(0, noise_std²) draws for the
+  other M - 1 at every step (Table 5's "noise" row)."""
+  def noisy(y, key):
+    noise = noise_std * jax.random.normal(key, (*y.shape, num_targets - 1), y.dtype)
+    return jnp.concatenate([y[..., None], noise], axis=-1)[..., None]
+  return noisy

@@ -11,7 +11,8 @@ from rtjax.shots import SHOTS
 REGIONS = ("all", *SHOTS)
 
 
-def _cell(stats: dict | None, digits: int) -> str:
+def cell(stats: dict | None, digits: int) -> str:
+  """"mean ± std", or "—" without a value."""
   if not stats or stats.get("mean") is None:
     return "—"
   return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
@@ -25,9 +26,9 @@ def shot_table(report: dict, metric: str = "mae", *, names: dict[str, str] | Non
   head = "| method | seeds | " + " | ".join(REGIONS) + " |" + (" paper (all / many / med. / few) |" if paper else "")
   lines = [head, "|" + "---|" * (2 + len(REGIONS) + bool(paper))]
   for method, regions in report["summary"].items():
-    seeds = regions["all"][metric]["n"]
+    seeds = max(regions[r][metric]["n"] for r in REGIONS)
     row = f"| {names.get(method, method)} | {seeds} | " + " | ".join(
-        _cell(regions[r][metric], digits) for r in REGIONS) + " |"
+        cell(regions[r][metric], digits) for r in REGIONS) + " |"
     if paper:
       row += " " + (" / ".join(f"{v:.2f}" for v in paper[method]) if method in paper else "—") + " |"
     lines.append(row)
@@ -42,8 +43,9 @@ def shot_sizes(report: dict) -> str:
 
 def per_bin_figure(report: dict, path: pathlib.Path, *, train_labels: np.ndarray, bin_width: float,
                    origin: float = 0.0, names: dict[str, str] | None = None, xlabel: str = "label",
-                   methods: tuple[str, ...] | None = None) -> pathlib.Path:
-  """Test MAE per label bin (mean over seeds) of each method, over the training count per bin (grey)."""
+                   methods: tuple[str, ...] | None = None,
+                   hist_label: str = "training examples per bin") -> pathlib.Path:
+  """Test MAE per label bin (mean over seeds) of each method, over the histogram of `train_labels` (grey)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -56,7 +58,7 @@ def per_bin_figure(report: dict, path: pathlib.Path, *, train_labels: np.ndarray
   twin = ax.twinx()
   bins, counts = np.unique(np.floor((np.asarray(train_labels) - origin) / bin_width), return_counts=True)
   twin.bar(origin + (bins + 0.5) * bin_width, counts, width=bin_width, color="0.85", zorder=0)
-  twin.set_ylabel("training examples per bin")
+  twin.set_ylabel(hist_label)
   twin.set_yscale("log")
   ax.set_zorder(twin.get_zorder() + 1)
   ax.patch.set_visible(False)

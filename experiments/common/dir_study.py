@@ -44,7 +44,8 @@ class Study:
   `model(method)` builds the Flax model of a method (e.g. `dir_methods.regressor(encoder_factory)`);
   `pieces(method)` its loss pieces (default `loss_pieces(method, labels=..., noise_std=...)`); `output` maps
   predictions inside the predictor (e.g. an upsampling); `evaluate(pred, labels)` replaces the per-shot
-  table of a run (default: `run_metrics` with `shots` and the label bins). `scale` converts model units to
+  table of a run (default: `run_metrics` with `shots` and the label bins); `after(program, variables)`
+  measures the trained network further (e.g. Table 4's diagnostics). `scale` converts model units to
   reported units (e.g. 1000 when a price is trained in $1000s and reported in $).
   """
   task: str
@@ -56,8 +57,10 @@ class Study:
   noise_std: float = 1.0
   scale: float = 1.0
   pieces: Callable[[Method], dict] | None = None
+  init: Callable[[dict], dict] | None = None  # variables -> variables after model.init (pretrained weights)
   output: Callable | None = None
   evaluate: Callable[[np.ndarray, np.ndarray], dict] | None = None
+  after: Callable[[Program, dict], dict] | None = None  # (program, best variables) -> saved as "diagnostics"
   shots: tuple[int, int] = (100, 20)  # (many, few) thresholds on training examples per bin
   settings: dict = dataclasses.field(default_factory=dict)  # recorded with the results (protocol, data)
 
@@ -78,7 +81,7 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
         pieces = (study.pieces(method) if study.pieces else
                   loss_pieces(method, labels=study.labels, noise_std=study.noise_std))
         programs[name] = build_program(study.model(method), method, study.schedule, pieces=pieces,
-                                       steps_per_epoch=steps, output=study.output)
+                                       steps_per_epoch=steps, output=study.output, init=study.init)
       return programs[name]
 
   def one(unit):
@@ -98,6 +101,8 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
              "best_epoch": run.best_epoch,
              "best_val_mae": None if run.best_val_mae is None else run.best_val_mae * study.scale,
              "history": run.history, "seconds": time.perf_counter() - start}
+    if study.after is not None:
+      entry["diagnostics"] = study.after(prog, run.best)
     with lock:
       report["runs"].setdefault(name, {})[str(seed)] = entry
       report["summary"] = summarize(report["runs"])
@@ -111,6 +116,8 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
         bar.update(1)
   report["summary"] = summarize(report["runs"])
   results.write_results(out, report, markdown)
+  if not any(p.is_file() for p in (out / "checkpoints").rglob("*")):
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # every run finished: no empty folders left
   return results.read_results(out)
 
 
@@ -134,16 +141,25 @@ def _start(study: Study, out: pathlib.Path, resume: bool) -> dict:
 
 
 def summarize(runs: dict) -> dict:
-  """{method: {region: {metric: {"mean", "std", "n"}}}} over seeds (std with ddof=0, as the paper's)."""
+  """{method: {region: {metric: {"mean", "std", "n"}}}} over seeds (std with ddof=0, as the paper's); with
+  per-run "diagnostics", {method: {"diagnostics": {name: {"mean", "std", "n"}}}} too."""
   out = {}
   for method, seeds in runs.items():
     entries = list(seeds.values())
     out[method] = {}
     for region in entries[0]["test"]:
       out[method][region] = {}
-      for metric in ("mae", "mse", "gm"):
+      for metric in (k for k in entries[0]["test"][region] if k != "count"):
         values = [e["test"][region][metric] for e in entries]
         values = np.asarray([v for v in values if v is not None], np.float64)  # None: an empty region
-        out[method][region][metric] = ({"mean": float(np.mean(values)), "std": float(np.std(values)),
-                                        "n": len(values)} if len(values) else {"mean": None, "std": None, "n": 0})
+        out[method][region][metric] = _stats(values)
+    if "diagnostics" in entries[0]:
+      out[method]["diagnostics"] = {k: _stats(np.asarray([e["diagnostics"][k] for e in entries], np.float64))
+                                    for k in entries[0]["diagnostics"]}
   return out
+
+
+def _stats(values: np.ndarray) -> dict:
+  if not len(values):
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}

@@ -5,7 +5,7 @@
     run = fit(program, data, seed, checkpoints=dir, mesh=rtjax.data_mesh())                # per seed
     pred, y = predictions(program, run.best, data, "test", mesh=mesh)
 
-The protocol (YyzHarry/imbalanced-regression, agedb-dir/train.py): Adam (AdamW with weight decay), the
+The protocol (YyzHarry/imbalanced-regression, agedb-dir/train.py): Adam (with torch's weight decay), the
 learning rate multiplied by `lr_decay` at each milestone epoch, L1 or MSE task loss, validation MAE after
 every epoch, the best-by-validation parameters tested. The train step is `rtjax.train`'s (BatchNorm
 statistics carried as model state) and runs data-parallel on the mesh's devices: state replicated, every
@@ -105,26 +105,31 @@ class Program(NamedTuple):
   loss_fn: Callable
   step: Callable
   predict: Callable  # (variables, x) -> [b] predictions
+  init: Callable[[dict], dict] | None = None  # variables -> variables after model.init (e.g. pretrained weights)
 
 
 def build_program(model: nn.Module, method: Method, schedule: Schedule, *, pieces: dict, steps_per_epoch: int,
-                  output: Callable[[jax.Array], jax.Array] | None = None) -> Program:
+                  output: Callable[[jax.Array], jax.Array] | None = None,
+                  init: Callable[[dict], dict] | None = None) -> Program:
   """Adam with the milestone schedule, and the jitted train step and predictor of `model`.
 
   Args:
     model: (x, *, train) -> (pred [b, ..., M, 1], features), e.g. `Regressor(encoder, method.num_targets)`.
     pieces: `make_loss_fn`'s keyword arguments ("rot", "regularizer", ...), e.g. `loss_pieces(method, ...)`.
     output: maps the prediction [b, ...] inside the predictor (e.g. an upsampling to the labels' size).
+    init: maps freshly initialised variables (e.g. puts pretrained encoder weights in).
   """
   lr = optax.piecewise_constant_schedule(
       schedule.lr, {m * steps_per_epoch: schedule.lr_decay for m in schedule.milestones})
-  optimizer = optax.adamw(lr, weight_decay=schedule.weight_decay) if schedule.weight_decay else optax.adam(lr)
+  optimizer = optax.adam(lr)
+  if schedule.weight_decay:  # torch.optim.Adam(weight_decay=...): the decay joins the gradient before Adam
+    optimizer = optax.chain(optax.add_decayed_weights(schedule.weight_decay), optimizer)
   pieces = dict(pieces)
   loss_fn = make_loss_fn(model, pieces.pop("rot"), schedule.task_loss, model_kwargs={"train": True}, **pieces)
   step = jax.jit(make_train_step(loss_fn, optimizer), donate_argnums=0)
   output = output or (lambda pred: pred)
   predictor = jax.jit(lambda variables, x: output(predict(method, model.apply(variables, x, train=False)[0])))
-  return Program(method, schedule, model, optimizer, loss_fn, step, predictor)
+  return Program(method, schedule, model, optimizer, loss_fn, step, predictor, init)
 
 
 class Run(NamedTuple):
@@ -143,6 +148,8 @@ def init_state(program: Program, x: np.ndarray, y: np.ndarray, seed: int) -> Tra
   """A fresh state for `seed` (parameters, optimizer, BatchNorm statistics, step key) from one batch."""
   init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
   variables = program.model.init(init_key, jnp.asarray(x), train=False)
+  if program.init is not None:
+    variables = program.init(variables)
   params = {k: v for k, v in variables.items() if k == "params"}
   model_state = {k: v for k, v in variables.items() if k != "params"}
   return init_train_state(params, program.optimizer, program.loss_fn, (jnp.asarray(x), jnp.asarray(y)),
