@@ -45,7 +45,8 @@ class Study:
   `pieces(method)` its loss pieces (default `loss_pieces(method, labels=..., noise_std=...)`); `output` maps
   predictions inside the predictor (e.g. an upsampling); `evaluate(pred, labels)` replaces the per-shot
   table of a run (default: `run_metrics` with `shots` and the label bins); `after(program, variables)`
-  measures the trained network further (e.g. Table 4's diagnostics). `scale` converts model units to
+  measures the trained network further (e.g. Table 4's diagnostics under "diagnostics": summarised over
+  seeds) and returns entries added to the run's record. `scale` converts model units to
   reported units (e.g. 1000 when a price is trained in $1000s and reported in $).
   """
   task: str
@@ -60,7 +61,7 @@ class Study:
   init: Callable[[dict], dict] | None = None  # variables -> variables after model.init (pretrained weights)
   output: Callable | None = None
   evaluate: Callable[[np.ndarray, np.ndarray], dict] | None = None
-  after: Callable[[Program, dict], dict] | None = None  # (program, best variables) -> saved as "diagnostics"
+  after: Callable[[Program, dict], dict] | None = None  # (program, best variables) -> entries of the run
   shots: tuple[int, int] = (100, 20)  # (many, few) thresholds on training examples per bin
   settings: dict = dataclasses.field(default_factory=dict)  # recorded with the results (protocol, data)
 
@@ -102,7 +103,7 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
              "best_val_mae": None if run.best_val_mae is None else run.best_val_mae * study.scale,
              "history": run.history, "seconds": time.perf_counter() - start}
     if study.after is not None:
-      entry["diagnostics"] = study.after(prog, run.best)
+      entry.update(study.after(prog, run.best))
     with lock:
       report["runs"].setdefault(name, {})[str(seed)] = entry
       report["summary"] = summarize(report["runs"])

@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--mask-seed", type=int, default=0, help="seed of the balanced test mask")
   p.add_argument("--depth", type=int, choices=(10, 18, 34, 50, 101, 152), default=configs.DEPTH)
   p.add_argument("--width", type=cli.positive_int, default=configs.WIDTH)
-  p.add_argument("--feature-dim", type=cli.positive_int, help="last hidden width (default: published, 128)")
+  p.add_argument("--feature-dim", type=cli.positive_int,
+                 help="last hidden width (default: published, 128); 3 also draws Figure 3 (OUT/figure3.png)")
   p.add_argument("--encoder-weights", type=pathlib.Path, help="a local torchvision ResNet state dict (.pth/.npz)")
   p.add_argument("--stride", type=cli.positive_int, default=configs.STRIDE, help="L_ot/peers' feature stride (8)")
   p.add_argument("--pixels", type=cli.positive_int, default=configs.PIXELS, help="pixels per image for L_ot/peers")
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
 
   after = lambda program, variables: train.diagnostics(program.model, variables, dataset,
                                                         images=configs.DIAGNOSTIC_IMAGES,
-                                                        pixels=configs.DIAGNOSTIC_PIXELS)
+                                                        pixels=configs.DIAGNOSTIC_PIXELS,
+                                                        keep_points=args.feature_dim == 3)
   init = None if args.encoder_weights is None else (
       lambda variables: encoder_from_torchvision(args.encoder_weights, variables))
 
@@ -125,6 +127,8 @@ def main(argv=None) -> int:
   dir_report.per_bin_figure(report, args.out / "per_bin.png", train_labels=test_depths, bin_width=0.1,
                             names=NAMES, xlabel="depth (m, test pixel)", hist_label="balanced test pixels per bin",
                             methods=tuple(m for m in configs.TABLE if m in report["runs"]))
+  if args.feature_dim == 3:
+    train.figure3(report, args.out / "figure3.png", names=NAMES)
   print((args.out / "results.md").read_text())
   return cli.exit_status(report)
 
@@ -165,6 +169,8 @@ def _markdown(report: dict, devices) -> str:
       "\n".join(diag),
       "## Training throughput (examples / s)", "\n".join(f"- {NAMES.get(m, m)}: {v:,.1f}" for m, v in speed.items()),
       "![test MAE per depth bin](per_bin.png)",
+      *(["![Figure 3: 3-d last-layer features of test pixels, coloured by depth](figure3.png)"]
+        if s["feature_dim"] == 3 else []),
   ]) + "\n"
 
 

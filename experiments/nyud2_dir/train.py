@@ -115,10 +115,11 @@ def evaluate(pred: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float 
 
 
 def diagnostics(model, variables, dataset: DepthData, *, images: int = 8, pixels: int = 1000,
-                seed: int = 0) -> dict[str, float]:
-  """Table 4: Spearman / Kendall between feature similarities (cosine, Euclidean) and depth distances, and
-  the volumes, on `pixels` valid pixels drawn (by `seed`) from the first `images` test images; the features
-  at the network's output resolution, the depth sampled at the same pixels (nearest)."""
+                seed: int = 0, keep_points: bool = False) -> dict:
+  """{"diagnostics": Table 4} — Spearman / Kendall between feature similarities (cosine, Euclidean) and depth
+  distances, and the volumes — on `pixels` valid pixels drawn (by `seed`) from the first `images` test
+  images; the features at the network's output resolution, the depth sampled at the same pixels (nearest).
+  With `keep_points`, also "points": [[z..., depth]] of those pixels (Figure 3, for a 3-d last layer)."""
   x, y, _ = next(iter(dataset.eval_batches("test", batch_size=images)))
   _, features = model.apply(variables, jnp.asarray(x), train=False)
   h, w = features.shape[1:3]
@@ -129,4 +130,29 @@ def diagnostics(model, variables, dataset: DepthData, *, images: int = 8, pixels
   valid = np.flatnonzero(depth > 1e-3)
   pick = np.random.default_rng(seed).choice(valid, size=min(pixels, valid.size), replace=False)
   d = rtjax.tightness_diagnostics(jnp.asarray(z[pick]), jnp.asarray(depth[pick]))
-  return {k: float(v) for k, v in d._asdict().items()}
+  out = {"diagnostics": {k: float(v) for k, v in d._asdict().items()}}
+  if keep_points:
+    out["points"] = np.round(np.concatenate([z[pick], depth[pick, None]], axis=1), 5).tolist()
+  return out
+
+
+def figure3(report: dict, path, *, names: dict[str, str]) -> None:
+  """Paper Figure 3: the 3-d last-layer features of test pixels (first seed of each method), coloured by depth."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from experiments.common.results import atomic_path
+
+  runs = [(m, next(iter(r.values()))) for m, r in report["runs"].items() if "points" in next(iter(r.values()))]
+  fig = plt.figure(figsize=(4.2 * len(runs), 4.2))
+  for i, (method, run) in enumerate(runs):
+    points = np.asarray(run["points"])
+    ax = fig.add_subplot(1, len(runs), i + 1, projection="3d")
+    ax.scatter(*points[:, :3].T, c=points[:, 3], cmap="viridis", s=3)
+    ax.set_title(names.get(method, method))
+  fig.tight_layout()
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=110)
+  plt.close(fig)
