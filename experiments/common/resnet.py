@@ -32,6 +32,8 @@ Flax submodules carry torchvision's names with '.' + index written '_' + index: 
 `layer1_0/conv1`, `layer1_0/bn1`, ..., `layer2_0/downsample_0` (the 1x1 conv), `layer2_0/downsample_1`
 (its BN). Conv weights go OIHW -> HWIO (`.transpose(2, 3, 1, 0)`); BN weight/bias -> params scale/bias;
 running_mean/running_var -> batch_stats mean/var; `num_batches_tracked` and `fc.*` are ignored.
+`load_torchvision(..., prefix="E.")` reads a ResNet held in a larger state dict under `E.`;
+`convert_torch_state_dict` is the conversion itself, for other networks of convs and BN named as in torch.
 
 One difference remains in training mode: torch updates running_var with the unbiased batch variance,
 flax with the biased one (a factor m/(m-1), m = n*H*W values per channel); forward outputs and
@@ -42,7 +44,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -51,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-__all__ = ["DEPTHS", "BasicBlock", "Bottleneck", "ResNet", "load_torchvision", "load_torchvision_file", "resnet"]
+__all__ = ["DEPTHS", "BasicBlock", "Bottleneck", "ResNet", "convert_torch_state_dict", "load_torchvision",
+           "load_torchvision_file", "resnet"]
 
 # depth -> (blocks per stage, bottleneck); 10 is not in torchvision: one basic block per stage, for tests.
 DEPTHS: dict[int, tuple[tuple[int, ...], bool]] = {
@@ -193,19 +196,9 @@ def _variable_shapes(depth: int, width: int) -> dict:
   return traverse_util.flatten_dict(shapes)
 
 
-# (collection, flax leaf) -> torchvision's parameter or buffer name.
+# (collection, flax leaf) -> torch's parameter or buffer name, as torch's Conv2d and BatchNorm2d name them.
 _LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
                ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
-
-
-def _torch_key(path: tuple[str, ...]) -> str:
-  """("params", "layer2_0", "downsample_0", "kernel") -> "layer2.0.downsample.0.weight"."""
-  modules = [re.sub(r"_(\d+)$", r".\1", name) for name in path[1:-1]]
-  return ".".join([*modules, _LEAF_NAMES[path[0], path[-1]]])
-
-
-def _ignored(key: str) -> bool:
-  return key.startswith("fc.") or key.endswith(".num_batches_tracked")
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -214,13 +207,82 @@ def _to_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
-def load_torchvision(state_dict: Mapping[str, Any], *, depth: int, width: int = 64) -> dict:
+def _natural_order(key: str) -> list:
+  """Sort key comparing the numbers in `key` as numbers: layer3.9 before layer3.10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def convert_torch_state_dict(state_dict: Mapping[str, Any], expected: Mapping[tuple[str, ...], Any],
+                             module_name: Callable[[tuple[str, ...]], str], *,
+                             ignore: Callable[[str], bool] = lambda key: False) -> tuple[dict | None, str]:
+  """A torch state dict -> the flax variables whose paths and shapes `expected` lists, and a report.
+
+  The conversion behind `load_torchvision` and nyud2_dir's `load_torch_state_dict`: any network of 2-d convs
+  and BN whose flax modules mirror the torch ones.
+
+  Args:
+    state_dict: torch key -> numpy array or torch tensor.
+    expected: flattened flax variables {(collection, *modules, leaf): anything with `.shape`}, e.g.
+      `traverse_util.flatten_dict(jax.eval_shape(model.init, ...))`, with params leaves kernel (a 2-d conv's
+      HWIO weight), scale, bias and batch_stats leaves mean, var.
+    module_name: the flax module path (`path[1:-1]`) -> the torch module's name; its keys are that name,
+      '.' and torch's leaf name (weight, bias, running_mean, running_var).
+    ignore: state-dict keys that are neither loaded nor unexpected (BN's step counters, a classifier, ...).
+
+  Returns:
+    (variables, report). variables: the unflattened {"params", "batch_stats"} tree of float32 copies (conv
+    kernels OIHW -> HWIO), or None where anything does not fit. report: "N shape mismatches, M missing keys,
+    K unexpected keys", where N + M + K > 0 followed by ": " and the first 20 of them named with both shapes
+    (mismatches, missing keys, each in torch-key order with numbers as numbers; unexpected keys).
+  """
+  missing, mismatched, used, flat = [], [], set(), {}
+  by_key = {f"{module_name(path[1:-1])}.{_LEAF_NAMES[path[0], path[-1]]}": path for path in expected}
+  for key in sorted(by_key, key=_natural_order):  # torch-key order: readable errors
+    path = by_key[key]
+    is_kernel = path[-1] == "kernel"
+    # torch's layout of the expected shape: HWIO -> OIHW for conv weights.
+    torch_shape = tuple(expected[path].shape[i] for i in (3, 2, 0, 1)) if is_kernel else tuple(expected[path].shape)
+    if key not in state_dict:
+      missing.append(f"missing key {key!r} (expected shape {torch_shape})")
+      continue
+    used.add(key)
+    shape = tuple(np.shape(state_dict[key]))
+    if shape != torch_shape:
+      mismatched.append(f"shape mismatch for {key!r}: state dict has {shape}, expected {torch_shape}")
+      continue
+    array = _to_numpy(state_dict[key])
+    # A copy: on CPU jnp.asarray can alias a NumPy buffer, itself torch's; a later in-place update of
+    # the state dict (an optimizer step, BN running stats in train mode) would change the loaded variables.
+    array = np.array(array.transpose(2, 3, 1, 0) if is_kernel else array, dtype=np.float32, copy=True)
+    flat[path] = jnp.asarray(array)
+  unexpected = [f"unexpected key {key!r} with shape {tuple(np.shape(state_dict[key]))}"
+                for key in state_dict if key not in used and not ignore(key)]
+  problems = mismatched + missing + unexpected
+  report = f"{len(mismatched)} shape mismatches, {len(missing)} missing keys, {len(unexpected)} unexpected keys"
+  if not problems:
+    return traverse_util.unflatten_dict(flat), report
+  shown = "; ".join(problems[:20]) + (f"; ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+  return None, f"{report}: {shown}"
+
+
+def _torchvision_name(prefix: str, modules: tuple[str, ...]) -> str:
+  """(prefix, ("layer2_0", "downsample_0")) -> prefix + "layer2.0.downsample.0"."""
+  return prefix + ".".join(re.sub(r"_(\d+)$", r".\1", name) for name in modules)
+
+
+def _ignored(key: str) -> bool:
+  return key.startswith("fc.") or key.endswith(".num_batches_tracked")
+
+
+def load_torchvision(state_dict: Mapping[str, Any], *, depth: int, width: int = 64, prefix: str = "") -> dict:
   """torchvision resnet{depth} state dict -> {"params", "batch_stats"} for `resnet(depth, width=width)`.
 
   Args:
     state_dict: torchvision key names (`conv1.weight`, `layer1.0.bn1.running_var`, ...) -> numpy
       arrays or torch tensors. `fc.*` and `*.num_batches_tracked` are ignored.
     depth, width: as in `resnet`.
+    prefix: the ResNet's keys are these names behind `prefix` (e.g. "E." for a network's encoder `E`); keys
+      without it are ignored, and the errors name keys with it.
 
   Returns:
     The variables tree of `resnet(depth, width=width).init(...)`, every leaf float32: conv weights
@@ -231,35 +293,12 @@ def load_torchvision(state_dict: Mapping[str, Any], *, depth: int, width: int = 
       both shapes (a wrong `depth` or `width` shows as many of them).
   """
   resnet(depth, width=width)  # raises on an unknown depth, listing the valid ones
-  expected = _variable_shapes(depth, width)
-  missing, mismatched, used, flat = [], [], set(), {}
-  # In torch-name order, numbers compared as numbers (layer3.9 before layer3.10), for readable errors.
-  by_key = {_torch_key(path): path for path in expected}
-  for key in sorted(by_key, key=lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]):
-    path = by_key[key]
-    is_kernel = path[-1] == "kernel"
-    # torch's layout of the expected shape: HWIO -> OIHW for conv weights.
-    torch_shape = tuple(expected[path].shape[i] for i in (3, 2, 0, 1)) if is_kernel else expected[path].shape
-    if key not in state_dict:
-      missing.append(f"missing key {key!r} (expected shape {torch_shape})")
-      continue
-    used.add(key)
-    array = _to_numpy(state_dict[key])
-    if array.shape != torch_shape:
-      mismatched.append(f"shape mismatch for {key!r}: state dict has {array.shape}, expected {torch_shape}")
-      continue
-    # A copy: on CPU jnp.asarray can alias a NumPy buffer, itself torch's; a later in-place update of
-    # the state dict (an optimizer step, BN running stats in train mode) would change the loaded variables.
-    array = np.array(array.transpose(2, 3, 1, 0) if is_kernel else array, dtype=np.float32, copy=True)
-    flat[path] = jnp.asarray(array)
-  unexpected = [f"unexpected key {key!r} with shape {tuple(np.shape(state_dict[key]))}"
-                for key in state_dict if key not in used and not _ignored(key)]
-  if missing or mismatched or unexpected:
-    problems = mismatched + missing + unexpected
-    shown = "; ".join(problems[:20]) + (f"; ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-    raise ValueError(f"state dict does not fit resnet({depth}, width={width}): {len(mismatched)} shape "
-                     f"mismatches, {len(missing)} missing keys, {len(unexpected)} unexpected keys: {shown}")
-  return traverse_util.unflatten_dict(flat)
+  variables, report = convert_torch_state_dict(
+      state_dict, _variable_shapes(depth, width), functools.partial(_torchvision_name, prefix),
+      ignore=lambda key: not key.startswith(prefix) or _ignored(key.removeprefix(prefix)))
+  if variables is None:
+    raise ValueError(f"state dict does not fit resnet({depth}, width={width}): {report}")
+  return variables
 
 
 def load_torchvision_file(path: str | os.PathLike, *, depth: int, width: int = 64) -> dict:

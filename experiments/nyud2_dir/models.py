@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from experiments.common.resnet import DEPTHS, ResNet, load_torchvision, load_torchvision_file
+from experiments.common.resnet import DEPTHS, ResNet, convert_torch_state_dict, load_torchvision, load_torchvision_file
 
 __all__ = ["Decoder", "DepthNet", "MultiScaleFusion", "Refinement", "UpProjection", "encoder_from_torchvision",
            "load_torch_state_dict", "output_size", "resize_bilinear"]
@@ -305,28 +305,10 @@ def _variable_shapes(num_targets: int, depth: int, width: int, feature_dim: int 
   return {path: s for path, s in traverse_util.flatten_dict(shapes).items() if path[1] != "E"}
 
 
-# (collection, flax leaf) -> torch's parameter or buffer name.
-_LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
-               ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
-
-
 def _ignored(key: str) -> bool:
   # FDS's buffers (R.FDS.running_mean, ...; models trained with --fds) are training-time feature statistics
   # that no forward at evaluation reads; BN's step counters are unused with momentum set.
   return key.startswith("R.FDS.") or key.endswith(".num_batches_tracked")
-
-
-def _to_float32(value, transpose: bool) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor; .float() as numpy has no bfloat16
-    value = value.detach().cpu().float()
-  array = np.asarray(value)
-  # A copy: on CPU jnp.asarray can alias NumPy's buffer, itself torch's, which an optimizer step or a BN
-  # update would change in place.
-  return np.array(array.transpose(2, 3, 1, 0) if transpose else array, dtype=np.float32, copy=True)
-
-
-def _listing(problems: list[str]) -> str:
-  return "; ".join(problems[:20]) + (f"; ... and {len(problems) - 20} more" if len(problems) > 20 else "")
 
 
 def load_torch_state_dict(state_dict: Mapping[str, Any], *, num_targets: int = 1, depth: int = 50, width: int = 64,
@@ -344,51 +326,29 @@ def load_torch_state_dict(state_dict: Mapping[str, Any], *, num_targets: int = 1
   Returns:
     The variables tree of `DepthNet(num_targets, width, depth, feature_dim).init(...)`, float32 leaves:
     conv weights OIHW -> HWIO, BN weight/bias -> params scale/bias, running_mean/var -> batch_stats mean/var.
-    The encoder (`E.*`) goes through resnet.load_torchvision.
+    The encoder (`E.*`) goes through resnet.load_torchvision, the rest through resnet.convert_torch_state_dict.
 
   Raises:
     ValueError: shape mismatches, missing keys or unexpected keys, counted and the first 20 named with
-      both shapes; the encoder's are listed after them, as load_torchvision reports them (keys without `E.`).
+      both shapes; the encoder's are listed after them, as load_torchvision reports them.
   """
   if state_dict and all(key.startswith("module.") for key in state_dict):
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
   description = f"DepthNet(num_targets={num_targets}, width={width}, depth={depth}, feature_dim={feature_dim})"
   if depth not in DEPTHS:
     raise ValueError(f"Unknown encoder depth {depth}; valid depths: {', '.join(map(str, DEPTHS))}.")
-  expected = _variable_shapes(num_targets, depth, width, feature_dim)
-  missing, mismatched, used, flat = [], [], set(), {}
-  # In torch-name order, numbers compared as numbers, for readable errors.
-  by_key = {".".join([*path[1:-1], _LEAF_NAMES[path[0], path[-1]]]): path for path in expected}
-  for key in sorted(by_key, key=lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]):
-    path = by_key[key]
-    is_kernel = path[-1] == "kernel"
-    torch_shape = tuple(expected[path].shape[i] for i in (3, 2, 0, 1)) if is_kernel else expected[path].shape
-    if key not in state_dict:
-      missing.append(f"missing key {key!r} (expected shape {torch_shape})")
-      continue
-    used.add(key)
-    value = state_dict[key]
-    if tuple(np.shape(value)) != torch_shape:
-      mismatched.append(f"shape mismatch for {key!r}: state dict has {tuple(np.shape(value))}, expected {torch_shape}")
-      continue
-    flat[path] = jnp.asarray(_to_float32(value, is_kernel))
-  unexpected = [f"unexpected key {key!r} with shape {tuple(np.shape(state_dict[key]))}" for key in state_dict
-                if key not in used and not key.startswith("E.") and not _ignored(key)]
+  # D, MFF and R's flax modules carry the torch names unchanged (`conv1_2` is no index, unlike resnet.py's
+  # `layer1_0`): joined with '.' they are the torch module names.
+  variables, report = convert_torch_state_dict(state_dict, _variable_shapes(num_targets, depth, width, feature_dim),
+                                               ".".join, ignore=lambda key: key.startswith("E.") or _ignored(key))
   encoder_error = None
   try:
-    encoder = load_torchvision({key[2:]: value for key, value in state_dict.items() if key.startswith("E.")},
-                               depth=depth, width=width)
+    encoder = load_torchvision(state_dict, depth=depth, width=width, prefix="E.")
   except ValueError as error:
     encoder_error = error
-  if missing or mismatched or unexpected or encoder_error is not None:
-    problems = mismatched + missing + unexpected
-    message = (f"state dict does not fit {description}: D, MFF, R: {len(mismatched)} shape mismatches, "
-               f"{len(missing)} missing keys, {len(unexpected)} unexpected keys" + (": " if problems else "")
-               + _listing(problems))
-    if encoder_error is not None:
-      message += f"; E (its keys named without 'E.'): {encoder_error}"
-    raise ValueError(message)
-  variables = traverse_util.unflatten_dict(flat)
+  if variables is None or encoder_error is not None:
+    raise ValueError(f"state dict does not fit {description}: D, MFF, R: {report}"
+                     + ("" if encoder_error is None else f"; E (the encoder): {encoder_error}"))
   for collection in ("params", "batch_stats"):
     variables[collection] = {"E": encoder[collection], **variables[collection]}
   return variables

@@ -12,6 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_resnet import (
+  STAGES,
+  max_relative_difference,
+  one_torch_thread,
+  randomize,
+  subtree,
+  torch_resnet,
+  torchvision_layout,
+)
 
 from experiments.common.resnet import load_torchvision, resnet
 from experiments.nyud2_dir import models
@@ -23,47 +32,13 @@ from experiments.nyud2_dir.models import (
   resize_bilinear,
 )
 
-# Written from torchvision's / the published resnet.py: depth -> (blocks per stage, bottleneck).
-STAGES = {10: ((1, 1, 1, 1), False), 18: ((2, 2, 2, 2), False), 50: ((3, 4, 6, 3), True)}
-
-
-def _resnet_layout(depth: int, width: int) -> dict[str, tuple[int, ...]]:
-  """torchvision resnet{depth}'s state-dict keys and shapes (OIHW) without fc, base width `width`."""
-  stage_sizes, bottleneck = STAGES[depth]
-  expansion = 4 if bottleneck else 1
-  layout = {}
-
-  def bn(name, c):
-    layout.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-                   f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
-
-  layout["conv1.weight"] = (width, 3, 7, 7)
-  bn("bn1", width)
-  inplanes = width
-  for i, blocks in enumerate(stage_sizes):
-    planes = width * 2**i
-    for j in range(blocks):
-      p = f"layer{i + 1}.{j}"
-      if bottleneck:
-        convs = [(planes, inplanes, 1), (planes, planes, 3), (planes * 4, planes, 1)]
-      else:
-        convs = [(planes, inplanes, 3), (planes, planes, 3)]
-      for k, (out, inp, size) in enumerate(convs, 1):
-        layout[f"{p}.conv{k}.weight"] = (out, inp, size, size)
-        bn(f"{p}.bn{k}", out)
-      if j == 0 and (i > 0 or inplanes != planes * expansion):
-        layout[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
-        bn(f"{p}.downsample.1", planes * expansion)
-      inplanes = planes * expansion
-  return layout
-
 
 def _published_layout(depth: int, width: int, num_targets: int = 1, feature_dim: int | None = None) -> dict:
   """The published `net.model`'s state-dict keys and shapes: E (E_resnet), D, MFF, R, as modules.py builds
   them from num_features = C4 and block_channel = the four stages' widths (MT: R.conv2 has M outputs)."""
   expansion = 4 if STAGES[depth][1] else 1
   block_channel = [width * 2**i * expansion for i in range(4)]
-  layout = {f"E.{k}": s for k, s in _resnet_layout(depth, width).items()}
+  layout = {f"E.{k}": s for k, s in torchvision_layout(depth, width).items()}
 
   def bn(name, c):
     layout.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
@@ -127,20 +102,6 @@ def _count(tree) -> int:
 def _apply(model, variables, x, **kwargs):
   """model.apply under jit: one XLA compile costs less on CPU than eager mode's compile per op and shape."""
   return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
-
-
-def _subtree(tree: dict, torch_name: str) -> dict:
-  """The subtree of torch module `torch_name`, e.g. "D.up1" -> tree["D"]["up1"], "E.layer1.0.bn1" ->
-  tree["E"]["layer1_0"]["bn1"] (resnet.py's naming: an index joins the name before it with '_')."""
-  parts = []
-  for part in torch_name.split("."):
-    if part.isdigit():
-      parts[-1] += f"_{part}"
-    else:
-      parts.append(part)
-  for part in parts:
-    tree = tree[part]
-  return tree
 
 
 # ------------------------------------------------------------------------------------------------ architecture
@@ -300,10 +261,11 @@ def test_load_torch_state_dict_maps_names_and_layouts():
   params, stats = variables["params"], variables["batch_stats"]
   for name in ("E.conv1", "E.layer2.0.downsample.0", "D.conv", "D.up1.conv1_2", "D.up4.conv2", "MFF.up3.conv1",
                "MFF.conv", "R.conv0", "R.conv1", "R.conv2"):
-    np.testing.assert_array_equal(_subtree(params, name)["kernel"], state_dict[f"{name}.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(subtree(params, name)["kernel"],
+                                  state_dict[f"{name}.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(params["R"]["conv2"]["bias"], state_dict["R.conv2.bias"])
   for name in ("E.bn1", "E.layer4.0.downsample.1", "D.bn", "D.up2.bn1_2", "MFF.up4.bn2", "MFF.bn", "R.bn0", "R.bn1"):
-    p, s = _subtree(params, name), _subtree(stats, name)
+    p, s = subtree(params, name), subtree(stats, name)
     np.testing.assert_array_equal(p["scale"], state_dict[f"{name}.weight"])
     np.testing.assert_array_equal(p["bias"], state_dict[f"{name}.bias"])
     np.testing.assert_array_equal(s["mean"], state_dict[f"{name}.running_mean"])
@@ -330,14 +292,14 @@ def test_load_torch_state_dict_errors_name_the_keys():
                                        r"\(8,\); shape mismatch for 'R\.conv2\.weight': state dict has "
                                        r"\(1, 66, 5, 5\), expected \(8, 66, 5, 5\)$"):
     load_torch_state_dict(good, num_targets=8, **kwargs)
-  # The encoder's problems come from resnet.load_torchvision, after the rest's.
+  # The encoder's problems come from resnet.load_torchvision, after the rest's, named with their full keys.
   no_encoder_key = {k: v for k, v in good.items() if k != "E.layer1.0.conv1.weight"}
-  with pytest.raises(ValueError, match=r"0 unexpected keys; E \(its keys named without 'E\.'\): state dict does "
-                                       r"not fit resnet\(10, width=8\): 0 shape mismatches, 1 missing keys, 0 "
-                                       r"unexpected keys: missing key 'layer1\.0\.conv1\.weight' \(expected shape "
-                                       r"\(8, 8, 3, 3\)\)"):
+  with pytest.raises(ValueError, match=r"0 unexpected keys; E \(the encoder\): state dict does not fit "
+                                       r"resnet\(10, width=8\): 0 shape mismatches, 1 missing keys, 0 unexpected "
+                                       r"keys: missing key 'E\.layer1\.0\.conv1\.weight' \(expected shape "
+                                       r"\(8, 8, 3, 3\)\)$"):
     load_torch_state_dict(no_encoder_key, **kwargs)
-  with pytest.raises(ValueError, match=r"unexpected key 'layer1\.0\.conv1\.bias'"):
+  with pytest.raises(ValueError, match=r"unexpected key 'E\.layer1\.0\.conv1\.bias'"):
     load_torch_state_dict({**good, "E.layer1.0.conv1.bias": np.zeros(8)}, **kwargs)
   # A wrong width: every key differs, counted, the first 20 named.
   with pytest.raises(ValueError, match=r"width=16.*D, MFF, R: 84 shape mismatches.*'D\.bn\.bias': state dict has "
@@ -349,9 +311,7 @@ def test_load_torch_state_dict_errors_name_the_keys():
 
 
 def _torchvision_state_dict(depth: int, width: int, seed: int) -> dict[str, np.ndarray]:
-  layout = {**_resnet_layout(depth, width), "fc.weight": (10, 8 * width * (4 if STAGES[depth][1] else 1)),
-            "fc.bias": (10,)}
-  return _random_state_dict(layout, seed)
+  return _random_state_dict(torchvision_layout(depth, width, num_classes=10), seed)
 
 
 def test_encoder_from_torchvision_fills_what_the_encoder_reads(tmp_path):
@@ -396,71 +356,21 @@ def test_encoder_from_torchvision_fills_what_the_encoder_reads(tmp_path):
 
 @pytest.fixture
 def torch_one_thread():
-  """torch, on one thread for this test: its thread pool's start costs seconds on a busy CI machine, more
-  than these small convolutions gain from it."""
-  torch = pytest.importorskip("torch")
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield torch
-  torch.set_num_threads(threads)
+  """torch on one thread for this test (torch_resnet.one_torch_thread); skips without torch."""
+  with one_torch_thread() as torch:
+    yield torch
 
 
 def _torch_depth_net(depth: int, width: int, num_targets: int, feature_dim: int | None, seed: int):
   """The published model re-written in torch (modules.py's _UpProjection, E_resnet, D, MFF, R; net.model;
-  resnet.py's blocks), base width `width`, M = num_targets outputs, R.conv1 -> feature_dim channels.
-  forward returns (depth map, R's x1): what R returns in training with FDS. Random weights and BN stats."""
+  resnet.py's blocks: torch_resnet.torch_resnet), base width `width`, M = num_targets outputs, R.conv1 ->
+  feature_dim channels. forward returns (depth map, R's x1): what R returns in training with FDS. Random
+  weights and BN stats."""
   import torch
   from torch import nn as tnn
   from torch.nn import functional as F
 
-  stage_sizes, bottleneck = STAGES[depth]
-  expansion = 4 if bottleneck else 1
-
-  class Block(tnn.Module):
-    def __init__(self, inplanes, planes, stride):
-      super().__init__()
-      if bottleneck:
-        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = tnn.BatchNorm2d(planes * 4)
-      else:
-        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn1, self.bn2 = tnn.BatchNorm2d(planes), tnn.BatchNorm2d(planes)
-      self.downsample = None
-      if stride != 1 or inplanes != planes * expansion:
-        self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes * expansion, 1, stride, bias=False),
-                                         tnn.BatchNorm2d(planes * expansion))
-
-    def forward(self, x):
-      out = torch.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      if bottleneck:
-        out = self.bn3(self.conv3(torch.relu(out)))
-      return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-  class Encoder(tnn.Module):  # E_resnet around resnet.py's ResNet (its avgpool and fc are not E's)
-    def __init__(self):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(3, width, 7, 2, 3, bias=False)
-      self.bn1 = tnn.BatchNorm2d(width)
-      self.maxpool = tnn.MaxPool2d(3, 2, 1)
-      inplanes = width
-      for i, blocks in enumerate(stage_sizes):
-        layer = []
-        for j in range(blocks):
-          layer.append(Block(inplanes, width * 2**i, 2 if i > 0 and j == 0 else 1))
-          inplanes = width * 2**i * expansion
-        setattr(self, f"layer{i + 1}", tnn.Sequential(*layer))
-
-    def forward(self, x):
-      x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-      blocks = []
-      for i in range(4):
-        x = getattr(self, f"layer{i + 1}")(x)
-        blocks.append(x)
-      return blocks
+  expansion = 4 if STAGES[depth][1] else 1
 
   class UpProjection(tnn.Module):
     def __init__(self, c_in, c_out):
@@ -527,36 +437,20 @@ def _torch_depth_net(depth: int, width: int, num_targets: int, feature_dim: int 
     def __init__(self):
       super().__init__()
       block_channel = [width * 2**i * expansion for i in range(4)]
-      self.E = Encoder()
+      self.E = torch_resnet(depth, width)  # E_resnet: the ResNet's stem and layer1..4, no fc
       self.D = Decoder(block_channel[3])
       self.MFF = MFF(block_channel)
       self.R = R(block_channel)
 
     def forward(self, x):
-      b1, b2, b3, b4 = self.E(x)
+      _, (b1, b2, b3, b4) = self.E(x)  # the pooled features are not E_resnet's
       x_decoder = self.D(b1, b2, b3, b4)
       x_mff = self.MFF(b1, b2, b3, b4, [x_decoder.size(2), x_decoder.size(3)])
       return self.R(torch.cat((x_decoder, x_mff), 1))
 
   torch.manual_seed(seed)
-  net = Net()
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, tnn.Conv2d):
-        tnn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        if m.bias is not None:
-          m.bias.normal_(0, 0.1)
-      elif isinstance(m, tnn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0, 0.1)
-        m.running_mean.normal_(0, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-  return net
-
-
-def _max_relative_difference(flax_nhwc, torch_nchw) -> float:
-  reference = torch_nchw.detach().numpy().transpose(0, 2, 3, 1)
-  return float(np.abs(np.asarray(flax_nhwc) - reference).max() / np.abs(reference).max())
+  # Kaiming fan_in, N(0, 2 / fan_in): activations stay O(1) through D, MFF and R, as with _random_state_dict.
+  return randomize(Net(), kaiming_mode="fan_in")
 
 
 def test_torch_upsample_default_is_align_corners_false(torch_one_thread):
@@ -569,7 +463,7 @@ def test_torch_upsample_default_is_align_corners_false(torch_one_thread):
     expected = torch.nn.functional.interpolate(torch.from_numpy(x), size=[15, 19], mode="bilinear",
                                                align_corners=align_corners)
     got = resize_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1)), (15, 19), align_corners=align_corners)
-    assert _max_relative_difference(got, expected) < 1e-6
+    assert max_relative_difference(got, expected) < 1e-6
   np.testing.assert_array_equal(published.numpy(), torch.nn.functional.interpolate(
       torch.from_numpy(x), size=[15, 19], mode="bilinear", align_corners=False).numpy())
 
@@ -607,8 +501,8 @@ def test_matches_torch_model_loaded_from_its_state_dict(depth, width, num_target
       expected_pred, expected_features = net(torch.from_numpy(x))
     pred, features = _apply(model, variables, x.transpose(0, 2, 3, 1), train=False)
     assert pred.shape == (batch, *output_size(*hw), num_targets, 1)
-    assert _max_relative_difference(pred[..., 0], expected_pred) < tolerance
-    assert _max_relative_difference(features, expected_features) < tolerance
+    assert max_relative_difference(pred[..., 0], expected_pred) < tolerance
+    assert max_relative_difference(features, expected_features) < tolerance
     if width == 64:
       return  # batch statistics of one 228x304 image: the eval comparison is what this size adds
 
@@ -626,13 +520,13 @@ def test_matches_torch_model_loaded_from_its_state_dict(depth, width, num_target
       hook.remove()
     (pred, features), updates = _apply(model, variables, x.transpose(0, 2, 3, 1), train=True,
                                        mutable=["batch_stats"])
-    assert _max_relative_difference(pred[..., 0], expected_pred) < tolerance
-    assert _max_relative_difference(features, expected_features) < tolerance
+    assert max_relative_difference(pred[..., 0], expected_pred) < tolerance
+    assert max_relative_difference(features, expected_features) < tolerance
   new = load_torch_state_dict(net.state_dict(), num_targets=num_targets, depth=depth, width=width,
                               feature_dim=feature_dim)["batch_stats"]
   assert len(values_per_channel) == len(jax.tree.leaves(new)) // 2
   for name, count in values_per_channel.items():
-    flax_stats, torch_stats = _subtree(updates["batch_stats"], name), _subtree(new, name)
+    flax_stats, torch_stats = subtree(updates["batch_stats"], name), subtree(new, name)
     np.testing.assert_allclose(flax_stats["mean"], torch_stats["mean"], rtol=1e-4, atol=1e-5)
     old_var = old[f"{name}.running_var"].double().numpy()
     unbiased_batch_var = (torch_stats["var"] - 0.9 * old_var) / 0.1

@@ -1,6 +1,7 @@
 """The torchvision-compatible ResNet (experiments/common/resnet.py) against independent references:
 torchvision's published parameter counts, a float64 NumPy stem with torch's padding, and (where torch
-is installed) a torch model with torchvision's key layout whose state dict is loaded and compared."""
+is installed) a torch model with torchvision's key layout (torch_resnet.py) whose state dict is loaded and
+compared."""
 from __future__ import annotations
 
 import math
@@ -11,11 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_resnet import max_relative_difference, one_torch_thread, randomize, subtree, torch_resnet, torchvision_layout
 
 from experiments.common.resnet import ResNet, load_torchvision, load_torchvision_file, resnet
-
-# Written from torchvision's resnet.py, not from the module under test: depth -> (blocks per stage, bottleneck).
-STAGES = {10: ((1, 1, 1, 1), False), 18: ((2, 2, 2, 2), False), 50: ((3, 4, 6, 3), True)}
 
 
 def _variable_shapes(model: ResNet) -> dict:
@@ -43,60 +42,11 @@ def _random_variables(model: ResNet, seed: int) -> dict:
   return jax.tree_util.tree_map_with_path(draw, _variable_shapes(model))
 
 
-def _torchvision_layout(depth: int, width: int) -> dict[str, tuple[int, ...]]:
-  """torchvision resnet{depth}'s state-dict keys and shapes (OIHW), incl. fc and num_batches_tracked,
-  written from torchvision's `_make_layer` (base width `width` instead of 64; fc with 1000 classes)."""
-  stage_sizes, bottleneck = STAGES[depth]
-  expansion = 4 if bottleneck else 1
-  layout = {}
-
-  def bn(name, c):
-    layout.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-                   f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
-
-  layout["conv1.weight"] = (width, 3, 7, 7)
-  bn("bn1", width)
-  inplanes = width
-  for i, blocks in enumerate(stage_sizes):
-    planes = width * 2**i
-    for j in range(blocks):
-      stride = 2 if i > 0 and j == 0 else 1
-      p = f"layer{i + 1}.{j}"
-      if bottleneck:
-        convs = [(planes, inplanes, 1), (planes, planes, 3), (planes * 4, planes, 1)]
-      else:
-        convs = [(planes, inplanes, 3), (planes, planes, 3)]
-      for k, (out, inp, size) in enumerate(convs, 1):
-        layout[f"{p}.conv{k}.weight"] = (out, inp, size, size)
-        bn(f"{p}.bn{k}", out)
-      if j == 0 and (stride != 1 or inplanes != planes * expansion):
-        layout[f"{p}.downsample.0.weight"] = (planes * expansion, inplanes, 1, 1)
-        bn(f"{p}.downsample.1", planes * expansion)
-      inplanes = planes * expansion
-  layout["fc.weight"] = (1000, inplanes)
-  layout["fc.bias"] = (1000,)
-  return layout
-
-
-def _module(tree: dict, torch_name: str) -> dict:
-  """The subtree of torchvision module `torch_name`: "layer1.0.downsample.1" -> tree["layer1_0"]["downsample_1"]
-  (the documented naming: an index joins the name before it with '_')."""
-  parts = []
-  for part in torch_name.split("."):
-    if part.isdigit():
-      parts[-1] += f"_{part}"
-    else:
-      parts.append(part)
-  for part in parts:
-    tree = tree[part]
-  return tree
-
-
 def _random_state_dict(depth: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   return {key: (np.array(7, np.int64) if key.endswith("num_batches_tracked")
                 else rng.normal(size=shape).astype(np.float32))
-          for key, shape in _torchvision_layout(depth, width).items()}
+          for key, shape in torchvision_layout(depth, width, num_classes=1000).items()}
 
 
 # ------------------------------------------------------------------------------------------------ architecture
@@ -299,7 +249,7 @@ def test_load_torchvision_maps_names_and_layouts():
   np.testing.assert_array_equal(params["layer3_0"]["downsample_1"]["scale"],
                                 state_dict["layer3.0.downsample.1.weight"])
   for name in ("bn1", "layer1.0.bn2", "layer4.0.downsample.1"):
-    p, s = _module(params, name), _module(stats, name)
+    p, s = subtree(params, name), subtree(stats, name)
     np.testing.assert_array_equal(p["scale"], state_dict[f"{name}.weight"])
     np.testing.assert_array_equal(p["bias"], state_dict[f"{name}.bias"])
     np.testing.assert_array_equal(s["mean"], state_dict[f"{name}.running_mean"])
@@ -309,7 +259,7 @@ def test_load_torchvision_maps_names_and_layouts():
 @pytest.mark.parametrize("depth", [18, 50])
 def test_load_torchvision_accepts_full_size_layout(depth):
   # torchvision's own key set at width 64 (zeros: the shapes are what is checked).
-  layout = _torchvision_layout(depth, 64)
+  layout = torchvision_layout(depth, 64, num_classes=1000)
   variables = load_torchvision({k: np.zeros(shape, np.float32) for k, shape in layout.items()}, depth=depth)
   fc = math.prod(layout["fc.weight"]) + math.prod(layout["fc.bias"])
   tensors = {k: s for k, s in layout.items() if not k.endswith("num_batches_tracked")}
@@ -357,91 +307,9 @@ def test_load_torchvision_file_npz_and_errors(tmp_path, monkeypatch):
 
 @pytest.fixture
 def torch_one_thread():
-  """torch, on one thread for this test: its thread pool's start costs seconds on a busy CI machine, more
-  than these small convolutions gain from it."""
-  torch = pytest.importorskip("torch")
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield torch
-  torch.set_num_threads(threads)
-
-
-def _torch_resnet(depth: int, width: int, seed: int):
-  """A torch model with torchvision's module names and forward (resnet.py's BasicBlock / Bottleneck,
-  v1.5) and fc, returning (pooled features, [layer1..4 maps]); random weights and BN running stats."""
-  import torch
-  from torch import nn as tnn
-
-  stage_sizes, bottleneck = STAGES[depth]
-  expansion = 4 if bottleneck else 1
-
-  class Block(tnn.Module):
-    def __init__(self, inplanes, planes, stride):
-      super().__init__()
-      if bottleneck:
-        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = tnn.BatchNorm2d(planes * 4)
-      else:
-        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn1, self.bn2 = tnn.BatchNorm2d(planes), tnn.BatchNorm2d(planes)
-      self.downsample = None
-      if stride != 1 or inplanes != planes * expansion:
-        self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes * expansion, 1, stride, bias=False),
-                                         tnn.BatchNorm2d(planes * expansion))
-
-    def forward(self, x):
-      out = torch.relu(self.bn1(self.conv1(x)))
-      out = self.bn2(self.conv2(out))
-      if bottleneck:
-        out = self.bn3(self.conv3(torch.relu(out)))
-      identity = x if self.downsample is None else self.downsample(x)
-      return torch.relu(out + identity)
-
-  class Net(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(3, width, 7, 2, 3, bias=False)
-      self.bn1 = tnn.BatchNorm2d(width)
-      self.maxpool = tnn.MaxPool2d(3, 2, 1)
-      inplanes = width
-      for i, blocks in enumerate(stage_sizes):
-        layer = []
-        for j in range(blocks):
-          layer.append(Block(inplanes, width * 2**i, 2 if i > 0 and j == 0 else 1))
-          inplanes = width * 2**i * expansion
-        setattr(self, f"layer{i + 1}", tnn.Sequential(*layer))
-      self.fc = tnn.Linear(inplanes, 10)
-
-    def forward(self, x):
-      x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-      stages = []
-      for i in range(len(stage_sizes)):
-        x = getattr(self, f"layer{i + 1}")(x)
-        stages.append(x)
-      return x.mean((2, 3)), stages
-
-  torch.manual_seed(seed)
-  net = Net()
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, tnn.Conv2d):
-        tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-      elif isinstance(m, tnn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0, 0.1)
-        m.running_mean.normal_(0, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-  return net
-
-
-def _max_relative_difference(flax_nhwc, torch_nchw) -> float:
-  reference = torch_nchw.detach().numpy()
-  if reference.ndim == 4:
-    reference = reference.transpose(0, 2, 3, 1)
-  return float(np.abs(np.asarray(flax_nhwc) - reference).max() / np.abs(reference).max())
+  """torch on one thread for this test (torch_resnet.one_torch_thread); skips without torch."""
+  with one_torch_thread() as torch:
+    yield torch
 
 
 # Batch 4 and >= 2x2 maps in layer4: batch statistics over 2 values per channel are ill-conditioned
@@ -451,7 +319,9 @@ def _max_relative_difference(flax_nhwc, torch_nchw) -> float:
     pytest.param(50, 64, (64, 64), marks=pytest.mark.slow, id="resnet50-full-width")])
 def test_matches_torch_model_loaded_from_its_state_dict(depth, width, hw, tmp_path, torch_one_thread):
   torch = torch_one_thread
-  net = _torch_resnet(depth, width, seed=depth)
+  torch.manual_seed(depth)
+  # torchvision's module names, forward and init (kaiming fan_out) with random BN, and an fc the loader ignores.
+  net = randomize(torch_resnet(depth, width, num_classes=10), kaiming_mode="fan_out")
   x = np.random.default_rng(7).normal(size=(4, 3, *hw)).astype(np.float32)  # NCHW for torch
   state_dict = net.state_dict()  # torch tensors, with fc.* and num_batches_tracked
   variables = load_torchvision(state_dict, depth=depth, width=width)
@@ -461,9 +331,9 @@ def test_matches_torch_model_loaded_from_its_state_dict(depth, width, hw, tmp_pa
   with torch.no_grad():
     expected, expected_stages = net(torch.from_numpy(x))
   features, stages = _apply(model, variables, x.transpose(0, 2, 3, 1), train=False, return_stages=True)
-  assert _max_relative_difference(features, expected) < 1e-4
+  assert max_relative_difference(features, expected) < 1e-4
   for stage, expected_stage in zip(stages, expected_stages):
-    assert _max_relative_difference(stage, expected_stage) < 1e-4
+    assert max_relative_difference(stage, expected_stage) < 1e-4
 
   # Training mode: same batch-statistics forward and running means; flax's running var uses the biased
   # batch variance where torch's uses the unbiased one (m values per channel).
@@ -481,10 +351,10 @@ def test_matches_torch_model_loaded_from_its_state_dict(depth, width, hw, tmp_pa
   jax.tree.map(np.testing.assert_array_equal, variables, load_torchvision(old, depth=depth, width=width))
   train_features, updates = _apply(model, variables, x.transpose(0, 2, 3, 1), train=True,
                                    mutable=["batch_stats"])
-  assert _max_relative_difference(train_features, expected_train) < 1e-4
+  assert max_relative_difference(train_features, expected_train) < 1e-4
   new = load_torchvision(net.state_dict(), depth=depth, width=width)["batch_stats"]
   for name, count in values_per_channel.items():
-    flax_stats, torch_stats = _module(updates["batch_stats"], name), _module(new, name)
+    flax_stats, torch_stats = subtree(updates["batch_stats"], name), subtree(new, name)
     np.testing.assert_allclose(flax_stats["mean"], torch_stats["mean"], rtol=1e-4, atol=1e-5)
     old_var = old[f"{name}.running_var"].numpy()
     unbiased_batch_var = (torch_stats["var"] - 0.9 * old_var) / 0.1
