@@ -4,7 +4,7 @@
 
 Each run trains with `dir_training.fit` (checkpointed every epoch under OUT/checkpoints/<method>/seed<k>,
 removed once the run's numbers are in the results), is tested per shot, and is written into
-OUT/results.json and OUT/results.md at once (atomically: an interrupted study keeps every finished run;
+OUT/results.json.gz and OUT/results.md at once (atomically: an interrupted study keeps every finished run;
 `resume` skips them and continues an interrupted run from its last epoch). Runs go `workers` at a time in
 threads (XLA releases the GIL; two on two cores is about 1.7x one).
 """
@@ -68,7 +68,11 @@ class Study:
 
 def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = False, workers: int = 1,
               mesh=None, progress: bool = True, markdown: Callable[[dict], str]) -> dict:
-  """Trains and tests every (method, seed) not yet in OUT/results.json (with `resume`); returns the report."""
+  """Trains and tests every (method, seed) not yet in OUT/results.json.gz (with `resume`); returns the report.
+
+  Numbers are saved to 6 significant digits in compact gzipped JSON: a table of 170 runs with their
+  histories and per-bin errors is ~0.15 MB instead of 1.7 MB.
+  """
   out = pathlib.Path(out)
   report = _start(study, out, resume)
   todo = [(m, s) for m in study.methods for s in study.seeds if str(s) not in report["runs"].get(m, {})]
@@ -105,9 +109,9 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
     if study.after is not None:
       entry.update(study.after(prog, run.best))
     with lock:
-      report["runs"].setdefault(name, {})[str(seed)] = entry
+      report["runs"].setdefault(name, {})[str(seed)] = rounded(entry)
       report["summary"] = summarize(report["runs"])
-      results.write_results(out, report, markdown)
+      results.write_results(out, report, markdown, indent=None, compress=True)
     shutil.rmtree(ckpt, ignore_errors=True)  # its numbers are saved; resume skips the run now
 
   with tqdm(total=len(todo), disable=not progress or workers == 1, desc=study.task, unit="run") as bar:
@@ -116,7 +120,7 @@ def run_study(study: Study, data: DIRData, *, out: pathlib.Path, resume: bool = 
         future.result()
         bar.update(1)
   report["summary"] = summarize(report["runs"])
-  results.write_results(out, report, markdown)
+  results.write_results(out, report, markdown, indent=None, compress=True)
   if not any(p.is_file() for p in (out / "checkpoints").rglob("*")):
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # every run finished: no empty folders left
   return results.read_results(out)
@@ -164,3 +168,14 @@ def _stats(values: np.ndarray) -> dict:
   if not len(values):
     return {"mean": None, "std": None, "n": 0}
   return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def rounded(obj, digits: int = 6):
+  """`obj` with every float rounded to `digits` significant digits (what the results files keep)."""
+  if isinstance(obj, float):
+    return float(f"{obj:.{digits}g}")
+  if isinstance(obj, dict):
+    return {k: rounded(v, digits) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [rounded(v, digits) for v in obj]
+  return obj

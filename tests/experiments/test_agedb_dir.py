@@ -3,7 +3,6 @@ ResNet run of every Table-1 method and the noise ablation on 8 forced host devic
 one device; the command line refuses bad settings before any work."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from agedb_fixture import write_agedb_fixture
 
 from experiments.agedb_dir import configs, main
+from experiments.common import results
 
 TINY = ["--image-size", "32", "--depth", "10", "--width", "8", "--epochs", "2", "--batch-size", "8", "--seeds", "1",
         "--phreg-points", "4,8,2", "--shots", "5,3", "--no-progress"]
@@ -45,7 +45,7 @@ def test_every_method_on_8_devices_matches_one_device(tmp_path):
                          "--methods", ",".join(methods), "--out", str(tmp_path / "eight")],
                         env=env, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-  eight = json.loads((tmp_path / "eight" / "results.json").read_text())
+  eight = results.read_results(tmp_path / "eight")
   assert set(eight["runs"]) == set(methods)
   assert "[agedb_dir] 8 x " in done.stderr  # the run saw the 8 devices
   for method, runs in eight["runs"].items():
@@ -55,7 +55,7 @@ def test_every_method_on_8_devices_matches_one_device(tmp_path):
   assert (tmp_path / "eight" / "per_bin.png").stat().st_size > 0
   # One device, same settings: the same runs (batch-coupled terms are over the global batch either way).
   assert main.main(["--data-dir", str(root), *TINY, "--methods", "mt_ot,ranksim", "--out", str(tmp_path / "one")]) == 0
-  one = json.loads((tmp_path / "one" / "results.json").read_text())
+  one = results.read_results(tmp_path / "one")
   for method in ("mt_ot", "ranksim"):
     a, b = one["runs"][method]["0"], eight["runs"][method]["0"]
     for region in ("all", "few"):

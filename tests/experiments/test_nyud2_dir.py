@@ -3,7 +3,6 @@ computations, the published shot lists in the evaluation, test.py's upsampling; 
 epoch of a tiny network on fixture scenes, on 8 forced host devices and on one (same numbers)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 from nyud2_fixture import write_nyud2_fixture
 
 import rtjax
+from experiments.common import results
 from experiments.common.dir_methods import Method
 from experiments.nyud2_dir import configs, main, train
 
@@ -82,14 +82,14 @@ def test_every_method_on_8_devices_matches_one_device(tmp_path):
                         env=env, capture_output=True, text=True, timeout=1800)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert "[nyud2_dir] 8 x " in done.stderr
-  eight = json.loads((tmp_path / "eight" / "results.json").read_text())
+  eight = results.read_results(tmp_path / "eight")
   assert set(eight["runs"]) == set(methods)
   for method, runs in eight["runs"].items():
     run = runs["0"]
     assert run["history"][0]["train_loss"] > 0 and run["test"]["all"]["count"] > 0, method
     assert set(run["diagnostics"]) >= {"cosine_spearman", "euclidean_volume"}
   assert main.main(["--data-dir", str(root), *TINY, "--methods", "mt_ot,ranksim", "--out", str(tmp_path / "one")]) == 0
-  one = json.loads((tmp_path / "one" / "results.json").read_text())
+  one = results.read_results(tmp_path / "one")
   for method in ("mt_ot", "ranksim"):
     a, b = one["runs"][method]["0"], eight["runs"][method]["0"]
     assert a["test"]["all"]["rmse"] == pytest.approx(b["test"]["all"]["rmse"], rel=1e-4)
