@@ -181,6 +181,7 @@ def _dense_mean(params, x):
   return (np.asarray(x, np.float64) @ dense["kernel"] + dense["bias"]).mean(0)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_rot_samples_draw_rows_per_step_as_documented():
   model, (x, y) = Regressor(), _problem()
   params = model.init(jax.random.PRNGKey(1), x)

@@ -83,6 +83,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
   assert _strip(again.history) == _strip(whole.history)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_noise_targets_predict_with_the_first_output_and_shots_are_reported():
   data = _data()
   method = Method(num_targets=3, noise=True)

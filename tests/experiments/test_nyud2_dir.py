@@ -21,6 +21,7 @@ TINY = ["--scale", "76", "--depth", "10", "--width", "8", "--stride", "2", "--pi
         "8,32,8", "--epochs", "1", "--batch-size", "8", "--seeds", "1", "--no-progress"]
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_per_image_lot_is_the_mean_of_each_images_loss():
   # All pixels valid and drawn (num_pixels = pixels at the stride): rot_loss is invariant to the pixels'
   # order, so the draw does not matter and each image's term is rot_loss of all its strided pixels.

@@ -159,6 +159,7 @@ def test_every_resize_uses_the_networks_convention(align_corners, monkeypatch):
                    ((4, 5), (30, 38), align_corners), ((2, 3), (30, 38), align_corners)]
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_the_published_model_its_parameter_count_and_output_size():
   # The published layout (ResNet-50, width 64) loads; 67,569,473 parameters by hand from modules.py: encoder
   # 23,508,032 (torchvision's ResNet-50 without fc); _UpProjection(i, o) holds 50 i o + 9 o^2 + 6 o;
@@ -314,6 +315,7 @@ def _torchvision_state_dict(depth: int, width: int, seed: int) -> dict[str, np.n
   return _random_state_dict(torchvision_layout(depth, width, num_classes=10), seed)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_encoder_from_torchvision_fills_what_the_encoder_reads(tmp_path):
   model = DepthNet(num_targets=2, width=8, depth=10)
   # Stand-in "fresh" variables (random, drawn in NumPy: model.init compiles jax's RNG per shape, seconds on CPU).

@@ -99,6 +99,7 @@ def test_rejects_images_that_are_not_nhwc():
     jax.eval_shape(lambda v: model.apply(v, jnp.zeros((32, 32, 3)), train=False), _variable_shapes(model))
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_init_is_torchvisions():
   model = resnet(10, width=8)
   # A non-default PRNG only to keep the test fast: threefry's normal compiles for ~10 s on CPU here.
@@ -195,6 +196,7 @@ def test_stem_padding_is_torchs(hw):
     assert same.shape == conv.shape and not np.allclose(same, conv, atol=1e-2)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_train_mode_updates_batch_stats_and_eval_mode_uses_them():
   model = resnet(10, width=8)
   variables = _random_variables(model, seed=3)
@@ -221,6 +223,7 @@ def test_train_mode_updates_batch_stats_and_eval_mode_uses_them():
   assert not np.allclose(train_features, eval_features, rtol=1e-3)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_bfloat16_compute_keeps_float32_params_and_features():
   model = resnet(10, width=8, dtype=jnp.bfloat16)
   shapes = _variable_shapes(model)

