@@ -150,6 +150,7 @@ def test_rot_loss_hessian_vector_products_match_reference(x64, diagonal_cost, bl
   assert relative_error(reverse_over_reverse, expected) <= 1e-4
 
 
+@pytest.mark.slow  # seconds each: kept out of the 5-minute default suite (CI runs it)
 def test_rot_loss_hessian_is_symmetric_and_matches_hvps(x64):
   seed, n, d, k, epsilon = PROBLEMS[1]
   z, y = random_problem(seed, n, d, k)

@@ -87,6 +87,7 @@ def test_pixel_loss_with_scarce_and_no_valid_pixels():
   assert float(value) == 0.0 and float(jnp.abs(grad).sum()) == 0.0
 
 
+@pytest.mark.slow  # seconds each: kept out of the 5-minute default suite (CI runs it)
 def test_vmap_over_keys():
   features, depth = _maps(3)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)

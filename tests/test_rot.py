@@ -52,6 +52,7 @@ def test_float32_defaults_match_reference(seed, n, d, k, epsilon, block_size):
   assert relative_error(our_grad, grad) <= 2e-3
 
 
+@pytest.mark.slow  # seconds each: kept out of the 5-minute default suite (CI runs it)
 @pytest.mark.parametrize("n, d, epsilon", [(300, 256, 0.1), (200, 16, 0.05)])
 def test_float32_blocked_matches_float64_dense_at_larger_n(n, d, epsilon):
   """float32 within the 2e-3 budget; d = 256 takes the expanded distance form in 64-row blocks."""
@@ -94,8 +95,8 @@ def test_prepared_targets_give_the_same_loss_and_gradient(x64):
   np.testing.assert_allclose(v2, reference_loss(z, y, 0.05), rtol=1e-9)
 
 
-@pytest.mark.parametrize("seed, n, d, k, epsilon, block_size",
-                         [(*p, None) for p in PROBLEMS] + [(*PROBLEMS[2], 5)])
+@pytest.mark.parametrize("seed, n, d, k, epsilon, block_size",  # the blocked variant runs with -m slow
+                         [(*p, None) for p in PROBLEMS] + [pytest.param(*PROBLEMS[2], 5, marks=pytest.mark.slow)])
 def test_warm_start_keeps_value_and_gradient_and_saves_iterations(seed, n, d, k, epsilon, block_size):
   """Start from the potentials of a perturbed batch (a previous training step): the float32 default
   still matches the float64 reference, in fewer iterations than a cold start."""

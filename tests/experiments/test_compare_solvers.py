@@ -13,7 +13,9 @@ from experiments.compare_solvers import main as compare_main
 from experiments.compare_solvers import problems, solvers
 
 
-@pytest.mark.parametrize("kind", problems.PROBLEM_KINDS)
+# The "trained" kind takes seconds per epsilon: it runs with -m slow (CI), the others in the default suite.
+@pytest.mark.parametrize("kind", [k if k != "trained" else pytest.param(k, marks=pytest.mark.slow)
+                                  for k in problems.PROBLEM_KINDS])
 @pytest.mark.parametrize("epsilon", [0.1, 0.01])
 def test_reference_plan_is_a_masked_symmetric_coupling(kind, epsilon):
   points = problems.problem_points(kind, 25, seed=1)
